@@ -1,0 +1,157 @@
+//! The admin API: Toxiproxy's routes, exactly, plus fallacy's extensions.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/proxies` | 200, object name -> proxy |
+//! | POST | `/proxies` | 201 proxy; 400, 409, 500 |
+//! | POST | `/populate` | 201 `{"proxies":[...]}`; 400, 500 |
+//! | GET | `/proxies/{p}` | 200; 404 |
+//! | POST, PATCH | `/proxies/{p}` | 200 (partial update) |
+//! | DELETE | `/proxies/{p}` | 204 |
+//! | GET | `/proxies/{p}/toxics` | 200 array, upstream first |
+//! | POST | `/proxies/{p}/toxics` | 200 toxic; 400, 404, 409 |
+//! | GET | `/proxies/{p}/toxics/{t}` | 200; 404 |
+//! | POST, PATCH | `/proxies/{p}/toxics/{t}` | 200 (attributes merged) |
+//! | DELETE | `/proxies/{p}/toxics/{t}` | 204 |
+//! | POST | `/reset` | 204 |
+//! | GET | `/version` | 200 `{"version":..}` |
+//! | GET | `/metrics` | Prometheus text |
+//! | GET | `/healthz`, `/readyz` | 200; `/readyz` 503 until configured listeners are bound |
+//! | POST | `/shutdown` | 204, then a graceful drain |
+//!
+//! Errors are `{"error": "...", "status": N}`. Every answer carries `x-request-id`. A browser
+//! (`User-Agent: Mozilla/...`) gets 403 on every Toxiproxy route, as with Toxiproxy, so a web
+//! page cannot drive the API through the user's browser.
+
+mod dto;
+mod error;
+mod routes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use error::Error;
+
+use crate::state::Store;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    store: Store,
+    prometheus: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+}
+
+impl AdminState {
+    /// `prometheus` renders `/metrics` (an empty page without it); `shutdown` is cancelled by
+    /// `POST /shutdown`.
+    pub fn new(
+        store: Store,
+        prometheus: Option<PrometheusHandle>,
+        shutdown: CancellationToken,
+    ) -> AdminState {
+        AdminState {
+            store,
+            prometheus,
+            shutdown,
+        }
+    }
+}
+
+/// The whole admin API as a router, so tests can call it with `oneshot` or serve it on a port.
+pub fn router(state: AdminState) -> Router {
+    use routes::*;
+    Router::new()
+        .route("/proxies", get(proxy_index).post(proxy_create))
+        .route("/populate", post(populate))
+        .route(
+            "/proxies/{proxy}",
+            get(proxy_show)
+                .post(proxy_update)
+                .patch(proxy_update)
+                .delete(proxy_delete),
+        )
+        .route(
+            "/proxies/{proxy}/toxics",
+            get(toxic_index).post(toxic_create),
+        )
+        .route(
+            "/proxies/{proxy}/toxics/{toxic}",
+            get(toxic_show)
+                .post(toxic_update)
+                .patch(toxic_update)
+                .delete(toxic_delete),
+        )
+        .route("/reset", post(reset))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/shutdown", post(shutdown))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(Arc::new(state))
+        .layer(middleware::from_fn(guard))
+}
+
+async fn not_found() -> Error {
+    Error::RouteNotFound
+}
+
+async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
+}
+
+/// Request id, browser guard, a span and a metric for every request.
+async fn guard(request: Request, next: Next) -> Response {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::debug_span!(
+        "admin",
+        request.id = id,
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    let mut response = async {
+        if is_browser(&request) && !is_read_only_extension(&request) {
+            return Error::BrowserRefused.into_response();
+        }
+        next.run(request).await
+    }
+    .instrument(span)
+    .await;
+    let outcome = match response.status().as_u16() {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    crate::metrics::admin_request(outcome);
+    if let Ok(value) = HeaderValue::from_str(&format!("{id:016x}")) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn is_browser(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|ua| ua.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("Mozilla/"))
+}
+
+/// Our read-only extensions stay open to browsers: a person may look at `/metrics`.
+fn is_read_only_extension(request: &Request) -> bool {
+    request.method() == Method::GET
+        && matches!(request.uri().path(), "/metrics" | "/healthz" | "/readyz")
+}

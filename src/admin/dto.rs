@@ -1,0 +1,103 @@
+//! Wire shapes of the admin API, kept apart from the store's types so that the JSON can follow
+//! Toxiproxy to the letter while the internals follow their own needs.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Error;
+use crate::state::{NewProxy, ProxyPatch, ProxyView};
+use crate::toxic::{ToxicSpec, describe_json, lowercase_keys};
+
+use crate::proxy::DEFAULT_LISTEN;
+
+/// A proxy as the API shows it. Deliberately no `Logger` field (Toxiproxy leaks one).
+#[derive(Debug, Serialize)]
+pub struct ProxyOut {
+    name: String,
+    listen: String,
+    upstream: String,
+    enabled: bool,
+    toxics: Vec<Arc<ToxicSpec>>,
+}
+
+impl From<ProxyView> for ProxyOut {
+    fn from(v: ProxyView) -> ProxyOut {
+        ProxyOut {
+            name: v.name,
+            listen: v.listen,
+            upstream: v.upstream,
+            enabled: v.enabled,
+            toxics: v.toxics,
+        }
+    }
+}
+
+/// The body of `POST /proxies`, of each `/populate` entry and of a proxy update. Unknown keys
+/// (such as `toxics`) are ignored, as Toxiproxy does.
+#[derive(Debug, Default, Deserialize)]
+pub struct ProxyIn {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    upstream: Option<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+impl ProxyIn {
+    /// Decodes one proxy object (keys case-insensitive; `null` is an empty object).
+    pub fn from_value(value: Value) -> Result<ProxyIn, Error> {
+        match lowercase_keys(value) {
+            Value::Null => Ok(ProxyIn::default()),
+            v @ Value::Object(_) => {
+                serde_path_to_error::deserialize(v).map_err(|e| Error::BadBody(e.to_string()))
+            }
+            other => Err(Error::BadBody(format!(
+                "expected a JSON object, got {}",
+                describe_json(&other)
+            ))),
+        }
+    }
+
+    /// As a new proxy (enabled unless it says otherwise). Missing fields are left empty for
+    /// the store to report by name.
+    pub fn into_new(self) -> NewProxy {
+        NewProxy {
+            name: self.name.unwrap_or_default(),
+            listen: self
+                .listen
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            upstream: self.upstream.unwrap_or_default(),
+            enabled: self.enabled.unwrap_or(true),
+        }
+    }
+
+    /// As a partial update.
+    pub fn into_patch(self) -> ProxyPatch {
+        ProxyPatch {
+            listen: self.listen,
+            upstream: self.upstream,
+            enabled: self.enabled,
+        }
+    }
+}
+
+/// Decodes a request body the way Go's `json.Decoder` does: the first JSON value counts,
+/// anything after it is ignored, and an empty body is the error `EOF`.
+pub fn parse_body(body: &Bytes) -> Result<Value, Error> {
+    let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Value>();
+    match values.next() {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(e)) if e.is_eof() && body.iter().all(u8::is_ascii_whitespace) => {
+            Err(Error::BadBody("EOF".into()))
+        }
+        Some(Err(e)) => Err(Error::BadBody(e.to_string())),
+        None => Err(Error::BadBody("EOF".into())),
+    }
+}

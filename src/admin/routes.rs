@@ -1,0 +1,183 @@
+//! Handlers. Each one parses, calls one [`Store`](crate::state::Store) method, and shapes the
+//! answer; the rules live in the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::dto::{ProxyIn, ProxyOut, parse_body};
+use super::{AdminState, Error};
+use crate::state;
+use crate::toxic::{Envelope, ToxicPatch, ToxicSpec};
+
+type S = State<Arc<AdminState>>;
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(super) async fn proxy_index(State(st): S) -> Json<BTreeMap<String, ProxyOut>> {
+    let proxies = st.store.list().await;
+    Json(
+        proxies
+            .into_iter()
+            .map(|p| (p.name.clone(), ProxyOut::from(p)))
+            .collect(),
+    )
+}
+
+pub(super) async fn proxy_create(
+    State(st): S,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ProxyOut>)> {
+    let input = ProxyIn::from_value(parse_body(&body)?)?;
+    let view = st.store.create(input.into_new()).await?;
+    Ok((StatusCode::CREATED, Json(view.into())))
+}
+
+pub(super) async fn proxy_show(State(st): S, Path(proxy): Path<String>) -> Result<Json<ProxyOut>> {
+    Ok(Json(st.store.get(&proxy).await?.into()))
+}
+
+pub(super) async fn proxy_update(
+    State(st): S,
+    Path(proxy): Path<String>,
+    body: Bytes,
+) -> Result<Json<ProxyOut>> {
+    st.store.get(&proxy).await?;
+    let patch = ProxyIn::from_value(parse_body(&body)?)?.into_patch();
+    Ok(Json(st.store.update(&proxy, patch).await?.into()))
+}
+
+pub(super) async fn proxy_delete(State(st): S, Path(proxy): Path<String>) -> Result<StatusCode> {
+    st.store.delete(&proxy).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `/populate` answers with the proxies handled so far even when it fails, as Toxiproxy does.
+pub(super) async fn populate(State(st): S, body: Bytes) -> Response {
+    let list = match parse_body(&body).and_then(populate_list) {
+        Ok(list) => list,
+        Err(err) => return populate_answer(Vec::new(), Some(err)),
+    };
+    let (done, err) = st.store.populate(list).await;
+    populate_answer(done, err.map(Error::from))
+}
+
+fn populate_list(value: Value) -> Result<Vec<state::NewProxy>> {
+    match value {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| ProxyIn::from_value(v).map(ProxyIn::into_new))
+            .collect(),
+        // Go decodes null into an empty list.
+        Value::Null => Ok(Vec::new()),
+        _ => Err(Error::BadBody("expected a JSON array of proxies".into())),
+    }
+}
+
+fn populate_answer(done: Vec<state::ProxyView>, err: Option<Error>) -> Response {
+    // An empty list is `null`, as Toxiproxy's Go nil slice.
+    let proxies = if done.is_empty() {
+        Value::Null
+    } else {
+        json!(done.into_iter().map(ProxyOut::from).collect::<Vec<_>>())
+    };
+    match err {
+        None => (StatusCode::CREATED, Json(json!({ "proxies": proxies }))).into_response(),
+        Some(err) => {
+            let status = err.status();
+            (status, Json(err.body(Some(("proxies", proxies))))).into_response()
+        }
+    }
+}
+
+pub(super) async fn reset(State(st): S) -> Result<StatusCode> {
+    st.store.reset().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn toxic_index(
+    State(st): S,
+    Path(proxy): Path<String>,
+) -> Result<Json<Vec<Arc<ToxicSpec>>>> {
+    Ok(Json(st.store.toxics(&proxy).await?))
+}
+
+pub(super) async fn toxic_create(
+    State(st): S,
+    Path(proxy): Path<String>,
+    body: Bytes,
+) -> Result<Json<Arc<ToxicSpec>>> {
+    // Toxiproxy looks the proxy up before it reads the body.
+    st.store.get(&proxy).await?;
+    let envelope = Envelope::from_json(parse_body(&body)?).map_err(state::Error::from)?;
+    Ok(Json(st.store.add_toxic(&proxy, envelope).await?))
+}
+
+pub(super) async fn toxic_show(
+    State(st): S,
+    Path((proxy, toxic)): Path<(String, String)>,
+) -> Result<Json<Arc<ToxicSpec>>> {
+    Ok(Json(st.store.toxic(&proxy, &toxic).await?))
+}
+
+pub(super) async fn toxic_update(
+    State(st): S,
+    Path((proxy, toxic)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Arc<ToxicSpec>>> {
+    st.store.toxic(&proxy, &toxic).await?;
+    let patch = ToxicPatch::from_json(parse_body(&body)?).map_err(state::Error::from)?;
+    Ok(Json(st.store.update_toxic(&proxy, &toxic, patch).await?))
+}
+
+pub(super) async fn toxic_delete(
+    State(st): S,
+    Path((proxy, toxic)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    st.store.remove_toxic(&proxy, &toxic).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn version() -> Json<Value> {
+    Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+pub(super) async fn metrics(State(st): S) -> Response {
+    let text = st.prometheus.as_ref().map_or_else(String::new, |handle| {
+        handle.run_upkeep();
+        handle.render()
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub(super) async fn readyz(State(st): S) -> (StatusCode, Json<Value>) {
+    if st.store.is_ready() {
+        (StatusCode::OK, Json(json!({ "status": "ready" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "starting" })),
+        )
+    }
+}
+
+pub(super) async fn shutdown(State(st): S) -> StatusCode {
+    st.shutdown.cancel();
+    StatusCode::NO_CONTENT
+}

@@ -1,0 +1,544 @@
+//! Configuration files: fallacy's TOML, or a Toxiproxy populate JSON array.
+//!
+//! Raw serde types (with `deny_unknown_fields` and source spans) are parsed into a typed,
+//! validated [`Config`] before anything binds. Validation collects *every* problem, each with
+//! its line, column and field, so `fallacy check` can list them all at once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use toml::Spanned;
+
+use crate::proxy::DEFAULT_CONNECT_TIMEOUT;
+use crate::state::NewProxy;
+use crate::toxic::{Envelope, ToxicSpec, lowercase_keys};
+use crate::units::parse_duration;
+
+/// Where the admin API listens when neither the command line nor the file says (Toxiproxy's
+/// port, on loopback).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8474";
+
+/// How long open connections may finish after a shutdown starts, unless configured.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Admin API address, if the file sets one.
+    pub admin: Option<String>,
+    /// Seed for every random draw.
+    pub seed: Option<u64>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Drain period on shutdown.
+    pub shutdown_grace: Duration,
+    /// Proxies to create at start, with their toxics.
+    pub proxies: Vec<ProxyConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            admin: None,
+            seed: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            proxies: Vec::new(),
+        }
+    }
+}
+
+/// One proxy of a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// The proxy.
+    pub proxy: NewProxy,
+    /// Its toxics, applied from the start (Toxiproxy ignores toxics in its config file).
+    pub toxics: Vec<ToxicSpec>,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted path of the field, e.g. `proxy[0].toxic[1].attributes.latency`.
+    pub field: String,
+    /// What is wrong and what would fix it.
+    pub message: String,
+}
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not valid.
+    #[error("{}", Problems { path, diagnostics })]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found, in file order.
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+struct Problems<'a> {
+    path: &'a Path,
+    diagnostics: &'a [Diagnostic],
+}
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{}:{}: ", self.path.display(), d.line, d.column)?;
+            if !d.field.is_empty() {
+                write!(f, "{}: ", d.field)?;
+            }
+            write!(f, "{}", d.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a file: JSON when it ends in `.json` or starts with `[`, TOML otherwise.
+pub fn load(path: &Path) -> Result<Config, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, is_json(path, &text)).map_err(|diagnostics| Error::Invalid {
+        path: path.to_owned(),
+        diagnostics,
+    })
+}
+
+fn is_json(path: &Path, text: &str) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        || text.trim_start().starts_with('[')
+}
+
+/// Parses file contents; `json` selects the Toxiproxy format.
+pub fn parse(text: &str, json: bool) -> Result<Config, Vec<Diagnostic>> {
+    if json {
+        parse_json(text)
+    } else {
+        parse_toml(text)
+    }
+}
+
+// === TOML ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    server: Option<RawServer>,
+    #[serde(default)]
+    proxy: Vec<Spanned<RawProxy>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    seed: Option<u64>,
+    connect_timeout: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    name: Spanned<String>,
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+    upstream: Spanned<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    toxic: Vec<Spanned<RawToxic>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToxic {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    toxicity: Option<f32>,
+    #[serde(default)]
+    attributes: Option<toml::Table>,
+}
+
+/// Collects diagnostics against one source text.
+struct Collector<'a> {
+    text: &'a str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Collector<'_> {
+    fn at(&mut self, offset: usize, field: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, offset);
+        self.diagnostics.push(Diagnostic {
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
+    let mut c = Collector {
+        text,
+        diagnostics: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(err) => {
+            let offset = err.span().map_or(0, |s| s.start);
+            c.at(offset, "", err.message().trim().to_owned());
+            return Err(c.diagnostics);
+        }
+    };
+    let mut config = Config::default();
+    if let Some(listen) = raw.admin.and_then(|a| a.listen) {
+        check_addr(&mut c, &listen, "admin.listen");
+        config.admin = Some(listen.into_inner());
+    }
+    if let Some(server) = raw.server {
+        config.seed = server.seed;
+        let mut duration = |value: Option<Spanned<String>>, field: &str, default: Duration| {
+            value.map_or(default, |v| {
+                parse_duration(v.get_ref()).unwrap_or_else(|e| {
+                    c.at(v.span().start, field, e);
+                    default
+                })
+            })
+        };
+        config.connect_timeout = duration(
+            server.connect_timeout,
+            "server.connect_timeout",
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        config.shutdown_grace = duration(
+            server.shutdown_grace,
+            "server.shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+        );
+    }
+    for (i, raw_proxy) in raw.proxy.into_iter().enumerate() {
+        let p = raw_proxy.into_inner();
+        let field = format!("proxy[{i}]");
+        if p.name.get_ref().is_empty() {
+            c.at(
+                p.name.span().start,
+                format!("{field}.name"),
+                "must not be empty",
+            );
+        }
+        if let Some(first) = config
+            .proxies
+            .iter()
+            .position(|q| q.proxy.name == *p.name.get_ref())
+        {
+            c.at(
+                p.name.span().start,
+                format!("{field}.name"),
+                format!(
+                    "duplicate proxy name {:?} (also proxy[{first}])",
+                    p.name.get_ref()
+                ),
+            );
+        }
+        let listen = match &p.listen {
+            Some(l) => {
+                check_addr(&mut c, l, &format!("{field}.listen"));
+                l.get_ref().clone()
+            }
+            None => crate::proxy::DEFAULT_LISTEN.to_owned(),
+        };
+        check_addr(&mut c, &p.upstream, &format!("{field}.upstream"));
+        let mut toxics: Vec<ToxicSpec> = Vec::new();
+        for (j, raw_toxic) in p.toxic.into_iter().enumerate() {
+            let span = raw_toxic.span().start;
+            let t = raw_toxic.into_inner();
+            let attributes = t
+                .attributes
+                .map(|a| serde_json::to_value(a).unwrap_or(Value::Null));
+            let envelope = Envelope {
+                name: t.name,
+                kind: Some(t.kind),
+                stream: t.stream,
+                toxicity: t.toxicity,
+                attributes,
+            };
+            let field = format!("{field}.toxic[{j}]");
+            match toxic_spec(envelope, &toxics) {
+                Ok(spec) => toxics.push(spec),
+                Err((sub, message)) => c.at(span, join_field(&field, &sub), message),
+            }
+        }
+        config.proxies.push(ProxyConfig {
+            proxy: NewProxy {
+                name: p.name.into_inner(),
+                listen,
+                upstream: p.upstream.into_inner(),
+                enabled: p.enabled.unwrap_or(true),
+            },
+            toxics,
+        });
+    }
+    if c.diagnostics.is_empty() {
+        Ok(config)
+    } else {
+        Err(c.diagnostics)
+    }
+}
+
+/// Validates a toxic the same way the API does, plus name uniqueness within the proxy.
+/// On error returns the sub-field at fault and the message.
+fn toxic_spec(envelope: Envelope, siblings: &[ToxicSpec]) -> Result<ToxicSpec, (String, String)> {
+    let head = envelope.head().map_err(|e| {
+        let field = match e {
+            crate::toxic::EnvelopeError::Stream => "stream",
+            crate::toxic::EnvelopeError::Type => "type",
+            crate::toxic::EnvelopeError::Toxicity(_) => "toxicity",
+            crate::toxic::EnvelopeError::Body(_) => "",
+        };
+        let message = match e {
+            crate::toxic::EnvelopeError::Type => format!(
+                "unknown toxic type {:?}; known types: {}",
+                envelope.kind.clone().unwrap_or_default(),
+                crate::toxic::TOXIC_TYPES.join(", ")
+            ),
+            crate::toxic::EnvelopeError::Stream => {
+                "must be \"upstream\" or \"downstream\"".to_owned()
+            }
+            other => other.to_string(),
+        };
+        (field.to_owned(), message)
+    })?;
+    if siblings.iter().any(|t| t.name == head.name) {
+        return Err((
+            "name".into(),
+            format!("duplicate toxic name {:?} in this proxy", head.name),
+        ));
+    }
+    envelope.into_spec(head).map_err(|e| (e.path, e.message))
+}
+
+fn join_field(base: &str, sub: &str) -> String {
+    if sub.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}.{sub}")
+    }
+}
+
+/// A `host:port` check that does not resolve (resolution happens at bind or dial time).
+fn check_addr(c: &mut Collector<'_>, value: &Spanned<String>, field: &str) {
+    if let Err(message) = validate_addr(value.get_ref()) {
+        c.at(value.span().start, field, message);
+    }
+}
+
+/// Checks that `addr` looks like `host:port` with a valid port.
+pub fn validate_addr(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!(
+            "{addr:?} is not host:port (example: \"127.0.0.1:5432\")"
+        ));
+    };
+    if host.is_empty() {
+        return Err(format!(
+            "{addr:?} has no host (example: \"127.0.0.1{}\")",
+            &addr[addr.len() - port.len() - 1..]
+        ));
+    }
+    port.parse::<u16>()
+        .map(|_| ())
+        .map_err(|_| format!("{addr:?} has an invalid port {port:?} (0 to 65535)"))
+}
+
+// === Toxiproxy JSON ===
+
+fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
+    let mut c = Collector {
+        text,
+        diagnostics: Vec::new(),
+    };
+    let items: Vec<Value> = match serde_json::from_str(text) {
+        Ok(items) => items,
+        Err(err) => {
+            c.diagnostics.push(Diagnostic {
+                line: err.line(),
+                column: err.column(),
+                field: String::new(),
+                message: format!("{err} (expected a Toxiproxy populate array: [{{\"name\",\"listen\",\"upstream\"}}])"),
+            });
+            return Err(c.diagnostics);
+        }
+    };
+    let offsets = element_offsets(text);
+    let mut config = Config::default();
+    for (i, item) in items.into_iter().enumerate() {
+        let at = offsets.get(i).copied().unwrap_or(0);
+        let field = format!("[{i}]");
+        let Value::Object(map) = lowercase_keys(item) else {
+            c.at(
+                at,
+                field,
+                "expected an object with name, listen and upstream",
+            );
+            continue;
+        };
+        let get_str = |c: &mut Collector<'_>, key: &str, required: bool| -> Option<String> {
+            match map.get(key) {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                None | Some(Value::Null) if !required => None,
+                Some(Value::String(_)) | None | Some(Value::Null) => {
+                    c.at(at, format!("[{i}].{key}"), "missing required field");
+                    None
+                }
+                Some(_) => {
+                    c.at(at, format!("[{i}].{key}"), "must be a string");
+                    None
+                }
+            }
+        };
+        let name = get_str(&mut c, "name", true);
+        let upstream = get_str(&mut c, "upstream", true);
+        let listen = get_str(&mut c, "listen", false);
+        for (key, value) in [("listen", &listen), ("upstream", &upstream)] {
+            if let Some(v) = value {
+                if let Err(message) = validate_addr(v) {
+                    c.at(at, format!("[{i}].{key}"), message);
+                }
+            }
+        }
+        let enabled = match map.get("enabled") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                c.at(at, format!("[{i}].enabled"), "must be true or false");
+                true
+            }
+        };
+        let mut toxics: Vec<ToxicSpec> = Vec::new();
+        match map.get("toxics") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(list)) => {
+                for (j, t) in list.iter().enumerate() {
+                    let field = format!("[{i}].toxics[{j}]");
+                    let result = Envelope::from_json(t.clone())
+                        .map_err(|e| (String::new(), e.to_string()))
+                        .and_then(|env| toxic_spec(env, &toxics));
+                    match result {
+                        Ok(spec) => toxics.push(spec),
+                        Err((sub, message)) => c.at(at, join_field(&field, &sub), message),
+                    }
+                }
+            }
+            Some(_) => c.at(at, format!("[{i}].toxics"), "must be an array of toxics"),
+        }
+        if let Some(name) = &name {
+            if config.proxies.iter().any(|p| p.proxy.name == *name) {
+                c.at(
+                    at,
+                    format!("[{i}].name"),
+                    format!("duplicate proxy name {name:?}"),
+                );
+            }
+        }
+        if let (Some(name), Some(upstream)) = (name, upstream) {
+            config.proxies.push(ProxyConfig {
+                proxy: NewProxy {
+                    name,
+                    listen: listen.unwrap_or_else(|| crate::proxy::DEFAULT_LISTEN.to_owned()),
+                    upstream,
+                    enabled,
+                },
+                toxics,
+            });
+        }
+    }
+    if c.diagnostics.is_empty() {
+        Ok(config)
+    } else {
+        Err(c.diagnostics)
+    }
+}
+
+/// Byte offsets where each element of the top-level JSON array starts, found with a tiny
+/// scanner that skips strings. Only used to point error messages at the right line.
+fn element_offsets(text: &str) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let (mut depth, mut in_string, mut escaped, mut expect_element) = (0usize, false, false, false);
+    for (i, ch) in text.char_indices() {
+        if in_string {
+            match ch {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if expect_element && !ch.is_whitespace() && ch != ']' {
+            offsets.push(i);
+            expect_element = false;
+        }
+        match ch {
+            '"' => in_string = true,
+            '[' | '{' => {
+                depth += 1;
+                if depth == 1 {
+                    expect_element = true;
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 1 => expect_element = true,
+            _ => {}
+        }
+    }
+    offsets
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,155 @@
+//! fallacy: a fault-injecting TCP proxy that makes the fallacies of distributed computing happen
+//! on purpose, with an admin API that Toxiproxy clients can drive.
+//!
+//! # Layout
+//!
+//! | module | role |
+//! |---|---|
+//! | [`config`] | TOML / Toxiproxy JSON files → validated [`config::Config`] |
+//! | [`state`] | [`state::Store`]: every proxy and toxic; the single writer |
+//! | [`proxy`] | the data path: accept loop, connection, duplex copy with toxics |
+//! | [`toxic`] | the toxic wire model and the runtime toxics |
+//! | [`admin`] | the HTTP admin API (axum) |
+//! | [`metrics`] | metric names, help texts, data-path helpers |
+//! | [`shutdown`] | OS signals |
+//! | [`units`] | human-readable durations |
+//!
+//! [`run`] ties them together; `main.rs` only parses the command line, binds and calls it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod shutdown;
+pub mod state;
+pub mod toxic;
+pub mod units;
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::proxy::Settings;
+use crate::state::Store;
+
+/// How long connections get after the grace period to notice they were told to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Why [`run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A proxy from the config file could not be started.
+    #[error("proxy {name:?}: {source}")]
+    Proxy {
+        /// The proxy.
+        name: String,
+        /// Why.
+        source: state::Error,
+    },
+}
+
+/// A running server: its store, and the token that shuts it down.
+#[derive(Clone)]
+pub struct Server {
+    /// The store behind the admin API.
+    pub store: Store,
+    /// Cancel to shut down (what SIGTERM and `POST /shutdown` do).
+    pub shutdown: CancellationToken,
+    grace: Duration,
+    tracker: TaskTracker,
+    accept_root: CancellationToken,
+    conn_root: CancellationToken,
+}
+
+impl Server {
+    /// Serves the admin API on `admin` (already bound) and creates the proxies of `config`.
+    /// Returns once every configured listener is bound; the server runs until `shutdown`
+    /// is cancelled, then [`Server::drain`] finishes it.
+    pub async fn start(
+        admin: TcpListener,
+        config: Config,
+        prometheus: Option<PrometheusHandle>,
+        shutdown: CancellationToken,
+    ) -> Result<Server, RunError> {
+        let tracker = TaskTracker::new();
+        let accept_root = CancellationToken::new();
+        let conn_root = CancellationToken::new();
+        let settings = Settings {
+            seed: config.seed,
+            connect_timeout: config.connect_timeout,
+        };
+        let store = Store::new(
+            settings,
+            accept_root.clone(),
+            conn_root.clone(),
+            tracker.clone(),
+        );
+        let router = admin::router(admin::AdminState::new(
+            store.clone(),
+            prometheus,
+            shutdown.clone(),
+        ));
+        let stop_admin = shutdown.clone();
+        // The admin API is not on the tracker: it must keep answering during the drain.
+        tokio::spawn(async move {
+            let served = axum::serve(admin, router)
+                .with_graceful_shutdown(stop_admin.cancelled_owned())
+                .await;
+            if let Err(err) = served {
+                warn!(%err, "admin API stopped");
+            }
+        });
+        let server = Server {
+            store,
+            shutdown,
+            grace: config.shutdown_grace,
+            tracker,
+            accept_root,
+            conn_root,
+        };
+        for p in config.proxies {
+            let name = p.proxy.name.clone();
+            if let Err(source) = server.store.create_with_toxics(p.proxy, p.toxics).await {
+                server.shutdown.cancel();
+                server.drain().await;
+                return Err(RunError::Proxy { name, source });
+            }
+        }
+        server.store.set_ready();
+        Ok(server)
+    }
+
+    /// Waits for the shutdown token, then drains: stop accepting, let open connections finish
+    /// for the grace period, close what is left.
+    pub async fn run_until_shutdown(self) {
+        self.shutdown.cancelled().await;
+        self.drain().await;
+    }
+
+    async fn drain(&self) {
+        self.shutdown.cancel();
+        self.accept_root.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.tracker.len(),
+                grace = ?self.grace,
+                "grace period over; closing open connections"
+            );
+        }
+        self.conn_root.cancel();
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.tracker.wait()).await;
+        info!("stopped");
+    }
+}

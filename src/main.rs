@@ -1,0 +1,172 @@
+//! The `fallacy` binary: parse the command line, load the config, bind, run, map exit codes.
+//! Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
+
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fallacy::config::{self, Config};
+use fallacy::{Server, shutdown};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "fallacy",
+    version,
+    about = "A fault-injecting TCP proxy with a Toxiproxy-compatible API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxies and the admin API.
+    Serve {
+        /// Config file: fallacy TOML, or a Toxiproxy populate JSON array.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Admin API address [default: 127.0.0.1:8474, or [admin] listen from the config].
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// Seed every random draw, so a run can be replayed.
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
+        /// Allow the admin API on a non-loopback address. Anyone who can reach it can change
+        /// every proxy.
+        #[arg(long)]
+        insecure_admin: bool,
+    },
+    /// Validate a config file and print every error with its line and column.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Check { file } => check(&file),
+        Command::Serve {
+            config,
+            admin,
+            seed,
+            insecure_admin,
+        } => {
+            let config = match config.as_deref().map(config::load).transpose() {
+                Ok(c) => c.unwrap_or_default(),
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::from(2);
+                }
+            };
+            let admin = admin
+                .or(config.admin.clone())
+                .unwrap_or_else(|| config::DEFAULT_ADMIN.into());
+            let admin = match admin_addr(&admin, insecure_admin) {
+                Ok(addr) => addr,
+                Err(err) => {
+                    eprintln!("fallacy: {err:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(err) => {
+                    eprintln!("fallacy: cannot start the runtime: {err}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(serve(
+                admin,
+                Config {
+                    seed: seed.or(config.seed),
+                    ..config
+                },
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("fallacy: {err:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn check(file: &std::path::Path) -> ExitCode {
+    match config::load(file) {
+        Ok(config) => {
+            let toxics: usize = config.proxies.iter().map(|p| p.toxics.len()).sum();
+            println!(
+                "{}: ok ({} proxies, {toxics} toxics)",
+                file.display(),
+                config.proxies.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Resolves the admin address and refuses a non-loopback one unless explicitly allowed.
+fn admin_addr(admin: &str, insecure: bool) -> anyhow::Result<SocketAddr> {
+    config::validate_addr(admin).map_err(|e| anyhow::anyhow!("--admin: {e}"))?;
+    let addr = admin
+        .to_socket_addrs()
+        .with_context(|| format!("--admin: cannot resolve {admin:?}"))?
+        .next()
+        .with_context(|| format!("--admin: {admin:?} resolves to no address"))?;
+    if !addr.ip().is_loopback() && !insecure {
+        anyhow::bail!(
+            "--admin {admin}: refusing to expose the admin API beyond loopback without a token; \
+             pass --insecure-admin if every host that can reach it is trusted"
+        );
+    }
+    Ok(addr)
+}
+
+async fn serve(admin: SocketAddr, config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(admin).await.with_context(|| {
+        format!("cannot listen on {admin} for the admin API (is another fallacy or Toxiproxy running? choose another with --admin)")
+    })?;
+    let bound = listener.local_addr()?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    fallacy::metrics::describe();
+
+    let shutdown = CancellationToken::new();
+    let server = Server::start(listener, config, Some(prometheus), shutdown.clone()).await?;
+    // Scripts wait for this line: it is printed once every configured proxy listens.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "fallacy admin API on http://{bound}");
+    let _ = stdout.flush();
+
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown::os_signal().await;
+        tracing::info!("signal received; draining");
+        on_signal.cancel();
+    });
+    server.run_until_shutdown().await;
+    Ok(())
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

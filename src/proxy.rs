@@ -1,0 +1,191 @@
+//! The TCP data path: accept, dial, and one duplex future per connection.
+//!
+//! ```text
+//! listener::serve ──accept──▶ spawn conn::handle ──dial upstream──▶ duplex::run
+//!                                                          ├─ half upstream   (client ▶ server)
+//!                                                          └─ half downstream (server ▶ client)
+//! ```
+//!
+//! A [`Link`] is what a proxy's connections share: its name, upstream and the current toxic
+//! snapshot. It outlives a disable/enable cycle, so toxics survive it.
+
+pub mod conn;
+pub mod duplex;
+pub mod listener;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::sync::watch;
+
+use crate::toxic::{Direction, ToxicSpec};
+
+/// Where a proxy without a `listen` address listens. Toxiproxy binds every interface on a
+/// random port; fallacy stays on loopback unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
+
+/// How long to wait for an upstream connect before giving up on a client connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings every proxy shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Seed for every random draw; `None` draws from the OS.
+    pub seed: Option<u64>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            seed: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// The state a proxy's connections share, read on every connection and never locked.
+#[derive(Debug)]
+pub struct Link {
+    name: String,
+    upstream: ArcSwap<String>,
+    /// All toxics of the proxy in creation order; each connection filters its direction.
+    toxics: ArcSwap<Vec<Arc<ToxicSpec>>>,
+    /// Bumped on every toxic change, so open connections rebuild their chains.
+    generation: watch::Sender<u64>,
+    connections: AtomicU64,
+    settings: Arc<Settings>,
+}
+
+impl Link {
+    /// A link with no toxics.
+    pub fn new(name: &str, upstream: &str, settings: Arc<Settings>) -> Link {
+        Link {
+            name: name.to_owned(),
+            upstream: ArcSwap::from_pointee(upstream.to_owned()),
+            toxics: ArcSwap::from_pointee(Vec::new()),
+            generation: watch::channel(0).0,
+            connections: AtomicU64::new(0),
+            settings,
+        }
+    }
+
+    /// The proxy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where new connections go. Open connections keep the upstream they dialled.
+    pub fn upstream(&self) -> Arc<String> {
+        self.upstream.load_full()
+    }
+
+    /// Points new connections at another upstream.
+    pub fn set_upstream(&self, upstream: &str) {
+        self.upstream.store(Arc::new(upstream.to_owned()));
+    }
+
+    /// The current toxics, upstream and downstream mixed, in creation order.
+    pub fn toxics(&self) -> Arc<Vec<Arc<ToxicSpec>>> {
+        self.toxics.load_full()
+    }
+
+    /// Publishes a new toxic list and wakes every open connection. Unchanged toxics must be the
+    /// same `Arc`s as before: connections use pointer identity to keep their state.
+    pub fn set_toxics(&self, toxics: Vec<Arc<ToxicSpec>>) {
+        self.toxics.store(Arc::new(toxics));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// A receiver that fires on every toxic change.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Numbers connections from 1, for logs and for seeding.
+    pub(crate) fn next_connection(&self) -> u64 {
+        self.connections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The generator for one connection and direction: derived from `--seed`, the proxy name
+    /// and the connection number when seeded, so runs replay; from the OS otherwise.
+    pub(crate) fn rng(&self, connection: u64, direction: Direction) -> SmallRng {
+        match self.settings.seed {
+            Some(seed) => {
+                let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
+                for b in self.name.bytes() {
+                    h = splitmix(h ^ u64::from(b));
+                }
+                h = splitmix(h ^ connection);
+                h = splitmix(h ^ direction as u64);
+                SmallRng::seed_from_u64(h)
+            }
+            None => SmallRng::from_rng(&mut rand::rng()),
+        }
+    }
+}
+
+/// SplitMix64's finaliser: a cheap, well-mixed hash step for deriving seeds.
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Which side of a connection an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The accepted client socket.
+    Client,
+    /// The dialled upstream socket.
+    Upstream,
+}
+
+/// Why a connection could not be set up or ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The upstream refused, was unreachable or did not resolve.
+    #[error("cannot connect to upstream {upstream}: {source}")]
+    Connect {
+        /// The upstream address as configured.
+        upstream: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The upstream did not answer the connect in time.
+    #[error("connect to upstream {upstream} timed out after {timeout:?}")]
+    ConnectTimeout {
+        /// The upstream address as configured.
+        upstream: String,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// Reading or writing one leg failed.
+    #[error("{side:?} side: {source}")]
+    Io {
+        /// The leg.
+        side: Side,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// True for errors that are part of normal network life (a peer that resets or vanishes).
+/// These are logged at debug, not warn.
+pub fn is_routine(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
+    )
+}

@@ -1,0 +1,559 @@
+//! One future per connection: two halves joined, each copying one direction through its toxic
+//! chain.
+//!
+//! # Half-close
+//! EOF on one side shuts down the *write* side of the other leg and nothing more: the opposite
+//! direction keeps flowing until it sees its own EOF. (Toxiproxy closes both ways on the first
+//! EOF, which truncates every request-then-shutdown protocol.)
+//!
+//! # Pipelining
+//! A half reads a chunk, runs it through the chain, and queues what comes out with the instant
+//! each piece may be written. It keeps reading while earlier pieces wait, up to
+//! [`MAX_QUEUED_BYTES`], so a latency toxic delays bytes without throttling the stream.
+//! Beyond that bound it stops reading, and TCP flow control pushes back on the sender.
+//!
+//! # Fast path
+//! With no toxic in a direction and nothing queued, a chunk is written straight from the read
+//! buffer: no copy, no queue, no timer.
+//!
+//! # Memory
+//! The 64 KiB read buffer is released whenever the source has nothing more to read, so an idle
+//! connection holds no buffer at all.
+//!
+//! # Live changes
+//! Each half watches its link's generation. On a change it rebuilds its chain at the next
+//! chunk boundary, keeping the sockets and the state of toxics that did not change.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem;
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rand::Rng;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{Link, Side};
+use crate::metrics;
+use crate::toxic::{Chunk, Direction, Toxic, ToxicCx, ToxicSpec, Verdict};
+
+/// Read size. Large reads amortise syscalls on bulk transfers; the buffer is only held while
+/// data is flowing (see the module doc).
+const BUF_SIZE: usize = 64 * 1024;
+
+/// The most bytes a half holds waiting for their release time before it stops reading.
+/// 8 MiB covers a 10 ms delay at 800 MB/s, so a latency toxic does not cap throughput on a
+/// LAN-speed stream, while a stalled connection cannot grow without bound.
+pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both directions saw EOF and forwarded it.
+    Finished,
+    /// A toxic closed the connection.
+    Closed,
+    /// A toxic reset it, or a peer reset and the reset was passed on.
+    Reset,
+    /// The proxy was disabled, deleted or shut down.
+    Stopped,
+    /// An I/O error other than a reset.
+    Failed(Side),
+}
+
+/// How a half asks its sibling (and the connection) to end.
+const END_NONE: u8 = 0;
+const END_CLOSE: u8 = 1;
+const END_RESET: u8 = 2;
+
+/// What the two halves share.
+struct Shared<'a> {
+    link: &'a Link,
+    /// Cancelled by the proxy (disable, delete, shutdown) or by a half that ends the connection.
+    stop: CancellationToken,
+    end: AtomicU8,
+}
+
+impl Shared<'_> {
+    fn end(&self, how: u8) {
+        // The first reason wins: a reset after a close is still a close.
+        let _ = self
+            .end
+            .compare_exchange(END_NONE, how, Ordering::AcqRel, Ordering::Acquire);
+        self.stop.cancel();
+    }
+}
+
+/// Copies both directions until the connection ends. The caller closes the sockets by dropping
+/// them; this function sets SO_LINGER 0 first when the connection must end with RST.
+pub async fn run(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    link: &Link,
+    id: u64,
+    stop: &CancellationToken,
+) -> Outcome {
+    let shared = Shared {
+        link,
+        stop: stop.child_token(),
+        end: AtomicU8::new(END_NONE),
+    };
+    let up = Half::new(Direction::Upstream, &shared, id).run(client, upstream, &shared);
+    let down = Half::new(Direction::Downstream, &shared, id).run(upstream, client, &shared);
+    let (a, b) = tokio::join!(up, down);
+    let outcome = match shared.end.load(Ordering::Acquire) {
+        END_RESET => Outcome::Reset,
+        END_CLOSE => Outcome::Closed,
+        _ if a == HalfEnd::Finished && b == HalfEnd::Finished => Outcome::Finished,
+        _ => match (a, b) {
+            (HalfEnd::Failed(side), _) | (_, HalfEnd::Failed(side)) => Outcome::Failed(side),
+            _ => Outcome::Stopped,
+        },
+    };
+    if outcome == Outcome::Reset {
+        // SO_LINGER 0 makes close() send RST instead of FIN.
+        for s in [client, upstream] {
+            let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
+        }
+    }
+    outcome
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HalfEnd {
+    Finished,
+    Ended,
+    Stopped,
+    Failed(Side),
+}
+
+/// A toxic of the chain, as this connection and direction sees it.
+struct Slot {
+    spec: Arc<ToxicSpec>,
+    /// `None` when the toxicity draw said this toxic does not apply here.
+    toxic: Option<Box<dyn Toxic>>,
+}
+
+/// A pending end of the half, at an instant.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Fin(Instant),
+    Close(Instant),
+    Reset(Instant),
+}
+
+impl Pending {
+    fn at(self) -> Instant {
+        match self {
+            Pending::Fin(at) | Pending::Close(at) | Pending::Reset(at) => at,
+        }
+    }
+}
+
+struct Half {
+    dir: Direction,
+    chain: Vec<Slot>,
+    cx: ToxicCx,
+    queue: VecDeque<Chunk>,
+    queued_bytes: usize,
+    /// Two scratch vectors for passing chunks along the chain without allocating per chunk.
+    scratch: (Vec<Chunk>, Vec<Chunk>),
+    /// The source's EOF, once seen: kept so a chain rebuild can re-decide what to do with it.
+    eof_at: Option<Instant>,
+    pending: Option<Pending>,
+    changes: watch::Receiver<u64>,
+    bytes: ::metrics::Counter,
+}
+
+impl Half {
+    fn new(dir: Direction, shared: &Shared<'_>, id: u64) -> Half {
+        let link = shared.link;
+        // Subscribe before reading the snapshot, so a change in between is not missed.
+        let mut changes = link.subscribe();
+        changes.mark_unchanged();
+        let mut half = Half {
+            dir,
+            chain: Vec::new(),
+            cx: ToxicCx {
+                rng: link.rng(id, dir),
+            },
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            scratch: (Vec::new(), Vec::new()),
+            eof_at: None,
+            pending: None,
+            changes,
+            bytes: metrics::bytes(link.name(), dir),
+        };
+        half.rebuild(&link.toxics(), link.name(), Instant::now());
+        half
+    }
+
+    async fn run(mut self, src: &TcpStream, dst: &TcpStream, shared: &Shared<'_>) -> HalfEnd {
+        let end = self.pump(src, dst, shared).await;
+        if let HalfEnd::Failed(_) = end {
+            // The other direction cannot go on without this one's peer.
+            shared.stop.cancel();
+        }
+        end
+    }
+
+    async fn pump(&mut self, src: &TcpStream, dst: &TcpStream, shared: &Shared<'_>) -> HalfEnd {
+        let stop = &shared.stop;
+        let mut buf = BytesMut::new();
+        let mut changes_open = true;
+        loop {
+            // 1. Write whatever is due, then act on a due end.
+            let now = Instant::now();
+            if let Err(err) = self.flush_due(now, dst, stop).await {
+                return self.write_failed(err, shared);
+            }
+            if let Some(pending) = self.pending {
+                let due = pending.at() <= now;
+                match pending {
+                    Pending::Reset(_) if due => {
+                        shared.end(END_RESET);
+                        return HalfEnd::Ended;
+                    }
+                    Pending::Close(_) if due && self.queue.is_empty() => {
+                        shared.end(END_CLOSE);
+                        return HalfEnd::Ended;
+                    }
+                    Pending::Fin(_) if due && self.queue.is_empty() => {
+                        // Half-close: only our write side towards the destination.
+                        let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+                        return HalfEnd::Finished;
+                    }
+                    _ => {}
+                }
+            }
+
+            // 2. Wait for the next thing: data, a timer, a toxic change or a stop.
+            let wake = self.next_wake();
+            let can_read = self.eof_at.is_none()
+                && self.pending.is_none()
+                && self.queued_bytes < MAX_QUEUED_BYTES;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return HalfEnd::Stopped,
+                changed = self.changes.changed(), if changes_open => match changed {
+                    Ok(()) => {
+                        let toxics = shared.link.toxics();
+                        self.rebuild(&toxics, shared.link.name(), Instant::now());
+                    }
+                    // The link is gone; the proxy's stop token will end us.
+                    Err(_) => changes_open = false,
+                },
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                    self.fire_deadlines(Instant::now());
+                }
+                ready = src.readable(), if can_read => {
+                    if let Err(err) = ready {
+                        return self.io_failed(err, self.src_side(), shared);
+                    }
+                    if buf.capacity() == 0 {
+                        buf.reserve(BUF_SIZE);
+                    }
+                    match src.try_read_buf(&mut buf) {
+                        Ok(0) => {
+                            buf = BytesMut::new();
+                            self.on_eof(Instant::now());
+                        }
+                        Ok(n) => {
+                            self.bytes.increment(n as u64);
+                            if self.chain.is_empty() && self.queue.is_empty() {
+                                // Fast path: straight from the read buffer.
+                                if let Err(err) = write_all(dst, &buf, stop).await {
+                                    return self.write_failed(err, shared);
+                                }
+                                buf.clear();
+                            } else {
+                                let data = buf.split().freeze();
+                                self.on_chunk(Chunk { data, at: Instant::now() });
+                            }
+                        }
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                            // Nothing more for now: give the buffer back while we wait.
+                            if buf.is_empty() {
+                                buf = BytesMut::new();
+                            }
+                        }
+                        Err(err) => return self.io_failed(err, self.src_side(), shared),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The leg this half reads from.
+    fn src_side(&self) -> Side {
+        match self.dir {
+            Direction::Upstream => Side::Client,
+            Direction::Downstream => Side::Upstream,
+        }
+    }
+
+    fn write_failed(&self, err: WriteError, shared: &Shared<'_>) -> HalfEnd {
+        match err {
+            WriteError::Stopped => HalfEnd::Stopped,
+            WriteError::Io(err) => {
+                let dst_side = match self.src_side() {
+                    Side::Client => Side::Upstream,
+                    Side::Upstream => Side::Client,
+                };
+                self.io_failed(err, dst_side, shared)
+            }
+        }
+    }
+
+    fn io_failed(&self, err: io::Error, side: Side, shared: &Shared<'_>) -> HalfEnd {
+        debug!(%err, ?side, direction = %self.dir, "i/o failed");
+        // A peer's reset is passed on as a reset, so the other peer learns the truth.
+        if err.kind() == io::ErrorKind::ConnectionReset {
+            shared.end(END_RESET);
+            HalfEnd::Ended
+        } else {
+            HalfEnd::Failed(side)
+        }
+    }
+
+    /// The earliest instant something is due: a queued chunk, a pending end or a toxic timer.
+    fn next_wake(&self) -> Option<Instant> {
+        let mut wake = self.queue.front().map(|c| c.at);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+        };
+        consider(self.pending.map(Pending::at));
+        for slot in &self.chain {
+            if let Some(toxic) = &slot.toxic {
+                consider(toxic.deadline());
+            }
+        }
+        wake
+    }
+
+    /// Writes every queued chunk whose time has come, in order.
+    async fn flush_due(
+        &mut self,
+        now: Instant,
+        dst: &TcpStream,
+        stop: &CancellationToken,
+    ) -> Result<(), WriteError> {
+        let limit = match self.pending {
+            // Nothing at or after the reset instant is written.
+            Some(Pending::Reset(at)) => now.min(at),
+            _ => now,
+        };
+        while self.queue.front().is_some_and(|c| c.at <= limit) {
+            let chunk = self.queue.pop_front().expect("front checked above");
+            self.queued_bytes -= chunk.data.len();
+            write_all(dst, &chunk.data, stop).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a chunk through the active toxics and queues what comes out.
+    fn on_chunk(&mut self, chunk: Chunk) {
+        let (mut cur, mut next) = mem::take(&mut self.scratch);
+        cur.push(chunk);
+        let mut verdict = Verdict::Continue;
+        for slot in &mut self.chain {
+            let Some(toxic) = slot.toxic.as_mut() else {
+                continue;
+            };
+            for c in cur.drain(..) {
+                let v = toxic.on_chunk(c, &mut self.cx, &mut next);
+                if matches!(verdict, Verdict::Continue) {
+                    verdict = v;
+                }
+            }
+            mem::swap(&mut cur, &mut next);
+        }
+        for c in cur.drain(..) {
+            self.enqueue(c);
+        }
+        self.scratch = (cur, next);
+        self.act(verdict);
+    }
+
+    /// Queues a chunk, never before the one ahead of it: the stream stays in order even when
+    /// jitter draws a shorter delay for a later chunk.
+    fn enqueue(&mut self, mut chunk: Chunk) {
+        if let Some(last) = self.queue.back() {
+            chunk.at = chunk.at.max(last.at);
+        }
+        self.queued_bytes += chunk.data.len();
+        self.queue.push_back(chunk);
+    }
+
+    fn on_eof(&mut self, at: Instant) {
+        self.eof_at = Some(at);
+        self.decide_eof();
+    }
+
+    /// Passes the EOF through the chain and records what to do with it.
+    fn decide_eof(&mut self) {
+        let Some(mut at) = self.eof_at else { return };
+        if self.pending.is_some() {
+            return;
+        }
+        for slot in &mut self.chain {
+            let Some(toxic) = slot.toxic.as_mut() else {
+                continue;
+            };
+            match toxic.on_eof(&mut at, &mut self.cx) {
+                Verdict::Continue => {}
+                Verdict::Swallow => return,
+                other => return self.act(other),
+            }
+        }
+        let after_data = self.queue.back().map_or(at, |c| c.at.max(at));
+        self.pending = Some(Pending::Fin(after_data));
+    }
+
+    fn act(&mut self, verdict: Verdict) {
+        let new = match verdict {
+            Verdict::Continue | Verdict::Swallow => return,
+            // A close waits for the data queued before it.
+            Verdict::Close(at) => Pending::Close(self.queue.back().map_or(at, |c| c.at.max(at))),
+            Verdict::Reset(at) => Pending::Reset(at),
+        };
+        // A reset overrides a pending FIN or close; anything overrides a FIN.
+        self.pending = match (self.pending, new) {
+            (None | Some(Pending::Fin(_)), new) => Some(new),
+            (Some(Pending::Close(_)), Pending::Reset(at)) => Some(Pending::Reset(at)),
+            (old, _) => old,
+        };
+    }
+
+    fn fire_deadlines(&mut self, now: Instant) {
+        let mut verdicts = Vec::new();
+        for slot in &mut self.chain {
+            if let Some(toxic) = slot.toxic.as_mut() {
+                if toxic.deadline().is_some_and(|d| d <= now) {
+                    verdicts.push(toxic.on_deadline(now, &mut self.cx));
+                }
+            }
+        }
+        for v in verdicts {
+            self.act(v);
+        }
+    }
+
+    /// Brings the chain in line with `toxics`, keeping the instances of unchanged toxics.
+    ///
+    /// Updated and removed toxics release what is queued at once (Toxiproxy flushes on
+    /// interrupt too), new ones act from the next chunk. Removing a toxic that dropped data
+    /// closes the connection.
+    fn rebuild(&mut self, toxics: &[Arc<ToxicSpec>], proxy: &str, now: Instant) {
+        let mut old = mem::take(&mut self.chain);
+        let mut flush = false;
+        for spec in toxics.iter().filter(|s| s.direction == self.dir) {
+            let slot = match old.iter().position(|s| s.spec.name == spec.name) {
+                Some(pos) => {
+                    let mut slot = old.swap_remove(pos);
+                    if !Arc::ptr_eq(&slot.spec, spec) {
+                        flush = true;
+                        let keep = slot.toxic.take().filter(|_| draw(&mut self.cx, spec));
+                        slot.toxic = match keep {
+                            Some(mut t) => {
+                                if !t.reconfigure(&spec.kind) {
+                                    t = spec.kind.instantiate(now);
+                                }
+                                Some(t)
+                            }
+                            None => activate(&mut self.cx, spec, proxy, now),
+                        };
+                        slot.spec = spec.clone();
+                    }
+                    slot
+                }
+                None => Slot {
+                    spec: spec.clone(),
+                    toxic: activate(&mut self.cx, spec, proxy, now),
+                },
+            };
+            self.chain.push(slot);
+        }
+        for removed in old {
+            flush = true;
+            if removed.toxic.is_some_and(|t| t.closes_on_removal()) {
+                self.act(Verdict::Close(now));
+            }
+        }
+        if flush {
+            for c in &mut self.queue {
+                c.at = c.at.min(now);
+            }
+            if let Some(Pending::Fin(at)) = self.pending {
+                self.pending = Some(Pending::Fin(at.min(now)));
+            }
+        }
+        // An EOF the old chain swallowed gets another chance with the new one.
+        self.decide_eof();
+        if self.chain.iter().all(|s| s.toxic.is_none()) {
+            // Nothing active: an empty chain lets the fast path run.
+            self.chain.clear();
+        }
+        debug!(direction = %self.dir, toxics = self.chain.len(), "chain rebuilt");
+    }
+}
+
+/// Draws whether a toxic applies, per its toxicity.
+fn draw(cx: &mut ToxicCx, spec: &ToxicSpec) -> bool {
+    spec.toxicity >= 1.0 || (spec.toxicity > 0.0 && cx.rng.random::<f32>() < spec.toxicity)
+}
+
+fn activate(
+    cx: &mut ToxicCx,
+    spec: &ToxicSpec,
+    proxy: &str,
+    now: Instant,
+) -> Option<Box<dyn Toxic>> {
+    if !draw(cx, spec) {
+        return None;
+    }
+    metrics::toxic_applied(proxy, &spec.name);
+    Some(spec.kind.instantiate(now))
+}
+
+enum WriteError {
+    Stopped,
+    Io(io::Error),
+}
+
+/// Writes all of `data`, or fails; gives up at once when `stop` fires.
+async fn write_all(
+    dst: &TcpStream,
+    mut data: &[u8],
+    stop: &CancellationToken,
+) -> Result<(), WriteError> {
+    while !data.is_empty() {
+        match dst.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Err(WriteError::Stopped),
+                    ready = dst.writable() => ready.map_err(WriteError::Io)?,
+                }
+            }
+            Err(err) => return Err(WriteError::Io(err)),
+        }
+    }
+    Ok(())
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}

@@ -1,0 +1,59 @@
+//! The accept loop. Deliberately trivial: accept, spawn, repeat. The upstream dial happens in
+//! the connection task, so a slow or dead upstream never stalls accepting (Toxiproxy dials
+//! inside its accept loop).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::{Link, conn};
+
+/// First pause after an accept error such as EMFILE; doubles up to [`MAX_BACKOFF`]. The
+/// listener never gives up: it serves again as soon as descriptors free up.
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Accepts until `accept_stop` fires. Connections run on `tracker` and stop when `conn_stop`
+/// fires, which may be later than `accept_stop` (graceful drain).
+pub async fn serve(
+    listener: TcpListener,
+    link: Arc<Link>,
+    accept_stop: CancellationToken,
+    conn_stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = accept_stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                backoff = MIN_BACKOFF;
+                let id = link.next_connection();
+                let span = info_span!("conn", proxy = %link.name(), id, client.addr = %peer);
+                tracker.spawn(
+                    conn::handle(client, peer, link.clone(), conn_stop.child_token(), id)
+                        .instrument(span),
+                );
+            }
+            // A connection that died between SYN and accept: nothing to do.
+            Err(err) if super::is_routine(&err) => debug!(%err, "accept"),
+            Err(err) => {
+                warn!(proxy = %link.name(), %err, ?backoff, "accept failed; backing off");
+                tokio::select! {
+                    _ = accept_stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    debug!(proxy = %link.name(), "listener closed");
+}

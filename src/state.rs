@@ -1,0 +1,498 @@
+//! The store: every proxy and toxic, and the only place that changes them.
+//!
+//! The admin API, the config loader (and later reloads and scenarios) all call the same
+//! [`Store`] methods, so a rule such as "a toxic name is unique across both streams" lives in
+//! one place.
+//!
+//! Writes are serialised by one async mutex. It is async because stopping a proxy waits for its
+//! accept loop to drop the listening socket: an immediate re-enable can then bind the same
+//! port again. Nothing else is awaited under it, and the data path never takes it: connections
+//! read their [`Link`]'s lock-free snapshot.
+//!
+//! Every method validates before it changes anything, so a refused request leaves no trace.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::proxy::{Link, Settings, listener};
+use crate::toxic::{AttrError, Direction, Envelope, EnvelopeError, ToxicPatch, ToxicSpec};
+
+/// Why the store refused a change. The admin API maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No proxy by that name.
+    #[error("proxy not found")]
+    ProxyNotFound,
+    /// A proxy by that name exists.
+    #[error("proxy already exists")]
+    ProxyExists,
+    /// No toxic by that name on the proxy.
+    #[error("toxic not found")]
+    ToxicNotFound,
+    /// A toxic by that name exists on the proxy, in either stream.
+    #[error("toxic already exists")]
+    ToxicExists,
+    /// A required field is missing or empty (`what` names it, e.g. `name at proxy 2`).
+    #[error("missing required field: {0}")]
+    MissingField(String),
+    /// The toxic request's envelope was refused.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The toxic's attributes were refused.
+    #[error(transparent)]
+    Attr(#[from] AttrError),
+    /// The listen address could not be resolved or bound.
+    #[error("listen {listen}: {reason}")]
+    Listen {
+        /// The address as given.
+        listen: String,
+        /// The OS's reason, e.g. "Address already in use (os error 98)".
+        reason: String,
+    },
+}
+
+/// A new proxy, as the API or a config file describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewProxy {
+    /// Unique name.
+    pub name: String,
+    /// Address to listen on (`host:port`, port 0 picks one).
+    pub listen: String,
+    /// Address to dial (`host:port`).
+    pub upstream: String,
+    /// Whether to listen right away.
+    pub enabled: bool,
+}
+
+/// A partial update of a proxy; `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyPatch {
+    /// New listen address.
+    pub listen: Option<String>,
+    /// New upstream (open connections keep theirs).
+    pub upstream: Option<String>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+}
+
+/// A read-only copy of a proxy, for the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyView {
+    /// Name.
+    pub name: String,
+    /// The bound address when enabled; the address as given when disabled.
+    pub listen: String,
+    /// Upstream for new connections.
+    pub upstream: String,
+    /// Listening or not.
+    pub enabled: bool,
+    /// Upstream toxics first, then downstream, each in creation order.
+    pub toxics: Vec<Arc<ToxicSpec>>,
+}
+
+struct Entry {
+    link: Arc<Link>,
+    listen: String,
+    running: Option<Running>,
+    /// Source of truth for the toxics, mirrored into the link on every change.
+    toxics: Vec<Arc<ToxicSpec>>,
+}
+
+struct Running {
+    accept: CancellationToken,
+    conns: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Shared handle to all proxies. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    proxies: Mutex<BTreeMap<String, Entry>>,
+    settings: Arc<Settings>,
+    /// Stops every accept loop (first step of a graceful shutdown).
+    accept_root: CancellationToken,
+    /// Stops every connection (last step, after the grace period).
+    conn_root: CancellationToken,
+    tracker: TaskTracker,
+    ready: AtomicBool,
+}
+
+impl Store {
+    /// An empty store. Proxies are spawned on `tracker`; the root tokens stop them.
+    pub fn new(
+        settings: Settings,
+        accept_root: CancellationToken,
+        conn_root: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                proxies: Mutex::new(BTreeMap::new()),
+                settings: Arc::new(settings),
+                accept_root,
+                conn_root,
+                tracker,
+                ready: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Marks the configured listeners as bound, for `/readyz`.
+    pub fn set_ready(&self) {
+        self.inner.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether every configured listener is bound.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// All proxies, by name.
+    pub async fn list(&self) -> Vec<ProxyView> {
+        self.inner
+            .proxies
+            .lock()
+            .await
+            .iter()
+            .map(|(n, e)| view(n, e))
+            .collect()
+    }
+
+    /// One proxy.
+    pub async fn get(&self, name: &str) -> Result<ProxyView, Error> {
+        let proxies = self.inner.proxies.lock().await;
+        proxies
+            .get(name)
+            .map(|e| view(name, e))
+            .ok_or(Error::ProxyNotFound)
+    }
+
+    /// Creates a proxy. The name is checked before anything binds; a bind failure adds nothing.
+    pub async fn create(&self, new: NewProxy) -> Result<ProxyView, Error> {
+        self.create_with_toxics(new, Vec::new()).await
+    }
+
+    /// Creates a proxy with toxics already in place (config files).
+    pub async fn create_with_toxics(
+        &self,
+        new: NewProxy,
+        toxics: Vec<ToxicSpec>,
+    ) -> Result<ProxyView, Error> {
+        require(&new.name, "name")?;
+        require(&new.upstream, "upstream")?;
+        let mut proxies = self.inner.proxies.lock().await;
+        if proxies.contains_key(&new.name) {
+            return Err(Error::ProxyExists);
+        }
+        let entry = self.build(new.clone(), toxics)?;
+        let view = view(&new.name, &entry);
+        proxies.insert(new.name, entry);
+        Ok(view)
+    }
+
+    fn build(&self, new: NewProxy, toxics: Vec<ToxicSpec>) -> Result<Entry, Error> {
+        let link = Arc::new(Link::new(
+            &new.name,
+            &new.upstream,
+            self.inner.settings.clone(),
+        ));
+        let toxics: Vec<Arc<ToxicSpec>> = toxics.into_iter().map(Arc::new).collect();
+        link.set_toxics(toxics.clone());
+        let mut entry = Entry {
+            link,
+            listen: new.listen,
+            running: None,
+            toxics,
+        };
+        if new.enabled {
+            self.start(&mut entry)?;
+        }
+        Ok(entry)
+    }
+
+    /// Applies a partial update. Changing only the upstream keeps the listener and open
+    /// connections; changing the listen address rebinds, and if the new address cannot be
+    /// bound the proxy keeps the old one.
+    pub async fn update(&self, name: &str, patch: ProxyPatch) -> Result<ProxyView, Error> {
+        let mut proxies = self.inner.proxies.lock().await;
+        let entry = proxies.get_mut(name).ok_or(Error::ProxyNotFound)?;
+        if let Some(upstream) = &patch.upstream {
+            require(upstream, "upstream")?;
+        }
+        let enabled = patch.enabled.unwrap_or(entry.running.is_some());
+        let listen_changed = match &patch.listen {
+            Some(listen) => resolve(listen)? != entry.listen,
+            None => false,
+        };
+        if listen_changed {
+            let old_listen = entry.listen.clone();
+            let was_running = entry.running.is_some();
+            stop(entry).await;
+            entry.listen = patch.listen.clone().unwrap_or_default();
+            if enabled {
+                if let Err(err) = self.start(entry) {
+                    entry.listen = old_listen;
+                    if was_running {
+                        // Best effort: the old address was ours a moment ago.
+                        let _ = self.start(entry);
+                    }
+                    return Err(err);
+                }
+            }
+        } else if enabled && entry.running.is_none() {
+            self.start(entry)?;
+        } else if !enabled {
+            stop(entry).await;
+        }
+        if let Some(upstream) = patch.upstream {
+            entry.link.set_upstream(&upstream);
+        }
+        Ok(view(name, entry))
+    }
+
+    /// Deletes a proxy, closing its listener and connections.
+    pub async fn delete(&self, name: &str) -> Result<(), Error> {
+        let mut proxies = self.inner.proxies.lock().await;
+        let mut entry = proxies.remove(name).ok_or(Error::ProxyNotFound)?;
+        stop(&mut entry).await;
+        Ok(())
+    }
+
+    /// Toxiproxy's `/populate`: all entries are validated first; an identical existing proxy
+    /// (same upstream and resolved listen) is kept with its toxics, a different one replaced,
+    /// unlisted ones left alone. On a bind failure the proxies handled so far stay, and are
+    /// returned along with the error.
+    pub async fn populate(&self, list: Vec<NewProxy>) -> (Vec<ProxyView>, Option<Error>) {
+        for (i, new) in list.iter().enumerate() {
+            if new.name.is_empty() {
+                return (
+                    Vec::new(),
+                    Some(Error::MissingField(format!("name at proxy {}", i + 1))),
+                );
+            }
+            if new.upstream.is_empty() {
+                return (
+                    Vec::new(),
+                    Some(Error::MissingField(format!("upstream at proxy {}", i + 1))),
+                );
+            }
+        }
+        let mut done = Vec::new();
+        let mut proxies = self.inner.proxies.lock().await;
+        for new in list {
+            if let Some(existing) = proxies.get_mut(&new.name) {
+                let same = match resolve(&new.listen) {
+                    Ok(listen) => {
+                        listen == existing.listen && *existing.link.upstream() == new.upstream
+                    }
+                    Err(err) => return (done, Some(err)),
+                };
+                if same {
+                    done.push(view(&new.name, existing));
+                    continue;
+                }
+                stop(existing).await;
+                proxies.remove(&new.name);
+            }
+            match self.build(new.clone(), Vec::new()) {
+                Ok(entry) => {
+                    done.push(view(&new.name, &entry));
+                    proxies.insert(new.name, entry);
+                }
+                Err(err) => return (done, Some(err)),
+            }
+        }
+        (done, None)
+    }
+
+    /// Toxiproxy's `/reset`: every toxic removed, every proxy enabled.
+    pub async fn reset(&self) -> Result<(), Error> {
+        let mut proxies = self.inner.proxies.lock().await;
+        let mut first_error = None;
+        for entry in proxies.values_mut() {
+            entry.toxics.clear();
+            entry.link.set_toxics(Vec::new());
+            if entry.running.is_none() {
+                if let Err(err) = self.start(entry) {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The toxics of a proxy, upstream first.
+    pub async fn toxics(&self, proxy: &str) -> Result<Vec<Arc<ToxicSpec>>, Error> {
+        Ok(self.get(proxy).await?.toxics)
+    }
+
+    /// One toxic.
+    pub async fn toxic(&self, proxy: &str, name: &str) -> Result<Arc<ToxicSpec>, Error> {
+        let proxies = self.inner.proxies.lock().await;
+        let entry = proxies.get(proxy).ok_or(Error::ProxyNotFound)?;
+        entry
+            .toxics
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
+            .ok_or(Error::ToxicNotFound)
+    }
+
+    /// Adds a toxic. Checks, in Toxiproxy's order: proxy, stream, type, duplicate name, then
+    /// attributes. Open connections pick it up at their next chunk.
+    pub async fn add_toxic(
+        &self,
+        proxy: &str,
+        envelope: Envelope,
+    ) -> Result<Arc<ToxicSpec>, Error> {
+        let mut proxies = self.inner.proxies.lock().await;
+        let entry = proxies.get_mut(proxy).ok_or(Error::ProxyNotFound)?;
+        let head = envelope.head()?;
+        if entry.toxics.iter().any(|t| t.name == head.name) {
+            return Err(Error::ToxicExists);
+        }
+        let spec = Arc::new(envelope.into_spec(head)?);
+        entry.toxics.push(spec.clone());
+        entry.link.set_toxics(entry.toxics.clone());
+        Ok(spec)
+    }
+
+    /// Merges new attributes into a toxic and replaces its toxicity if given.
+    pub async fn update_toxic(
+        &self,
+        proxy: &str,
+        name: &str,
+        patch: ToxicPatch,
+    ) -> Result<Arc<ToxicSpec>, Error> {
+        let mut proxies = self.inner.proxies.lock().await;
+        let entry = proxies.get_mut(proxy).ok_or(Error::ProxyNotFound)?;
+        let slot = entry
+            .toxics
+            .iter_mut()
+            .find(|t| t.name == name)
+            .ok_or(Error::ToxicNotFound)?;
+        let spec = Arc::new(slot.patched(&patch)?);
+        *slot = spec.clone();
+        entry.link.set_toxics(entry.toxics.clone());
+        Ok(spec)
+    }
+
+    /// Removes a toxic. Never waits on connections: they notice at their next wake-up.
+    pub async fn remove_toxic(&self, proxy: &str, name: &str) -> Result<(), Error> {
+        let mut proxies = self.inner.proxies.lock().await;
+        let entry = proxies.get_mut(proxy).ok_or(Error::ProxyNotFound)?;
+        let before = entry.toxics.len();
+        entry.toxics.retain(|t| t.name != name);
+        if entry.toxics.len() == before {
+            return Err(Error::ToxicNotFound);
+        }
+        entry.link.set_toxics(entry.toxics.clone());
+        Ok(())
+    }
+
+    /// Binds the entry's listen address and spawns its accept loop.
+    fn start(&self, entry: &mut Entry) -> Result<(), Error> {
+        let listener = bind(&entry.listen)?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| listen_error(&entry.listen, &e))?;
+        let accept = self.inner.accept_root.child_token();
+        let conns = self.inner.conn_root.child_token();
+        let task = self.inner.tracker.spawn(listener::serve(
+            listener,
+            entry.link.clone(),
+            accept.clone(),
+            conns.clone(),
+            self.inner.tracker.clone(),
+        ));
+        info!(proxy = %entry.link.name(), listen = %addr, upstream = %entry.link.upstream(), "proxy listening");
+        entry.listen = addr.to_string();
+        entry.running = Some(Running {
+            accept,
+            conns,
+            task,
+        });
+        Ok(())
+    }
+}
+
+/// Stops accepting, closes open connections, and waits until the listening socket is closed.
+async fn stop(entry: &mut Entry) {
+    if let Some(running) = entry.running.take() {
+        running.accept.cancel();
+        running.conns.cancel();
+        let _ = running.task.await;
+        info!(proxy = %entry.link.name(), "proxy stopped");
+    }
+}
+
+fn view(name: &str, entry: &Entry) -> ProxyView {
+    let mut toxics = entry.toxics.clone();
+    // Stable: creation order within each stream.
+    toxics.sort_by_key(|t| t.direction == Direction::Downstream);
+    ProxyView {
+        name: name.to_owned(),
+        listen: entry.listen.clone(),
+        upstream: entry.link.upstream().to_string(),
+        enabled: entry.running.is_some(),
+        toxics,
+    }
+}
+
+fn require(value: &str, field: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        Err(Error::MissingField(field.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+fn listen_error(listen: &str, err: &std::io::Error) -> Error {
+    Error::Listen {
+        listen: listen.to_owned(),
+        reason: err.to_string(),
+    }
+}
+
+/// Resolves a listen address the way the API shows it: `localhost:N` becomes `127.0.0.1:N`.
+pub fn resolve(listen: &str) -> Result<String, Error> {
+    first_addr(listen).map(|a| a.to_string())
+}
+
+fn first_addr(listen: &str) -> Result<SocketAddr, Error> {
+    let mut addrs = listen
+        .to_socket_addrs()
+        .map_err(|e| listen_error(listen, &e))?;
+    // Prefer IPv4, as `localhost` usually means 127.0.0.1 to the people typing it.
+    let all: Vec<SocketAddr> = addrs.by_ref().collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| Error::Listen {
+            listen: listen.to_owned(),
+            reason: "resolves to no address".into(),
+        })
+}
+
+/// Binds synchronously, so the caller knows the outcome before it answers.
+fn bind(listen: &str) -> Result<TcpListener, Error> {
+    let addr = first_addr(listen)?;
+    let std = StdListener::bind(addr).map_err(|e| listen_error(listen, &e))?;
+    std.set_nonblocking(true)
+        .map_err(|e| listen_error(listen, &e))?;
+    TcpListener::from_std(std).map_err(|e| listen_error(listen, &e))
+}

@@ -1,0 +1,136 @@
+//! Toxics: the faults applied to a byte stream.
+//!
+//! Two layers, kept apart on purpose:
+//! - [`ToxicSpec`] / [`ToxicKind`] (in `spec`) are the *wire model*: what the admin API and the
+//!   config file say, validated, serialised back in Toxiproxy's exact shape.
+//! - [`Toxic`] is the *runtime*: one boxed instance per connection and direction, built from a
+//!   `ToxicKind`, driven inline by the duplex loop (`proxy/duplex.rs`). No task and no channel
+//!   per toxic: a chain is a `Vec` the loop walks for every chunk.
+//!
+//! Adding a toxic: a variant in [`ToxicKind`] with its attributes, a module with a type that
+//! implements [`Toxic`], and a line in [`ToxicKind::instantiate`]. ARCHITECTURE.md has the
+//! longer how-to.
+
+mod bandwidth;
+mod latency;
+mod limit_data;
+mod reset_peer;
+mod slicer;
+mod slow_close;
+mod spec;
+mod timeout;
+
+use std::fmt;
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use tokio::time::Instant;
+
+pub(crate) use spec::describe_json;
+pub use spec::{
+    AttrError, Direction, Envelope, EnvelopeError, Head, Micros, Millis, TOXIC_TYPES, ToxicKind,
+    ToxicPatch, ToxicSpec, lowercase_keys,
+};
+
+/// A piece of the stream on its way through a chain, with the earliest instant it may be written.
+///
+/// `at` starts as the instant the bytes were read; delaying toxics push it later. The duplex loop
+/// keeps the queue in order, so a later chunk is never written before an earlier one even when
+/// jitter would draw a smaller delay for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The bytes.
+    pub data: Bytes,
+    /// Not before this instant.
+    pub at: Instant,
+}
+
+/// What a toxic wants done with the connection, besides the chunks it emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Carry on. For `on_eof`, this forwards the FIN at the (possibly moved) instant.
+    Continue,
+    /// Swallow the event: used by `on_eof` to keep a half open (the FIN is not forwarded).
+    Swallow,
+    /// Close the whole connection (both legs, with FIN) once the data queued before it is out.
+    Close(Instant),
+    /// Reset both legs (RST) at this instant; data not yet written is lost.
+    Reset(Instant),
+}
+
+/// Per-connection, per-direction context handed to every toxic call.
+///
+/// The random generator is seeded from `--seed`, the proxy and the connection number, so a
+/// seeded run replays the same draws.
+pub struct ToxicCx {
+    /// The seeded generator of this connection and direction.
+    pub rng: SmallRng,
+}
+
+impl fmt::Debug for ToxicCx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToxicCx").finish_non_exhaustive()
+    }
+}
+
+/// One instance per connection and direction.
+///
+/// Implementations are pure state machines: they never sleep or do I/O. They push the chunks to
+/// emit into `out` (nothing, to drop; several, to split) and return a [`Verdict`]. Timers are
+/// expressed as instants ([`Toxic::deadline`]) that the duplex loop sleeps until. That keeps the
+/// whole chain inside one future per connection, which is what makes fallacy cheap per byte.
+pub trait Toxic: Send + fmt::Debug {
+    /// One chunk in, zero or more chunks out (in order).
+    fn on_chunk(&mut self, chunk: Chunk, cx: &mut ToxicCx, out: &mut Vec<Chunk>) -> Verdict;
+
+    /// The source sent FIN at `at`. A toxic may move `at` later (slow close), swallow the FIN or
+    /// end the connection. The default forwards it unchanged: half-close is preserved.
+    fn on_eof(&mut self, _at: &mut Instant, _cx: &mut ToxicCx) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// An instant at which this toxic wants [`Toxic::on_deadline`] called, if any.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Called once `deadline()` has passed.
+    fn on_deadline(&mut self, _now: Instant, _cx: &mut ToxicCx) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// Apply new attributes in place, keeping per-connection state (such as the bytes a
+    /// `limit_data` toxic has already let through). Returns false when the toxic would rather be
+    /// rebuilt from scratch, which is the default.
+    fn reconfigure(&mut self, _kind: &ToxicKind) -> bool {
+        false
+    }
+
+    /// Whether removing this toxic from a live connection must close it. True for `timeout`,
+    /// which has dropped bytes: the stream cannot be resumed without corrupting it (Toxiproxy
+    /// closes in that case too).
+    fn closes_on_removal(&self) -> bool {
+        false
+    }
+}
+
+/// `noop`: passes every chunk on unchanged. A real link in the chain (not skipped), so that
+/// benchmarks of a no-op chain measure what a chain costs.
+#[derive(Debug)]
+pub struct Noop;
+
+impl Toxic for Noop {
+    fn on_chunk(&mut self, chunk: Chunk, _cx: &mut ToxicCx, out: &mut Vec<Chunk>) -> Verdict {
+        out.push(chunk);
+        Verdict::Continue
+    }
+}
+
+/// Converts a signed number of milliseconds (Toxiproxy accepts negative values) to a duration,
+/// treating negative values as zero.
+pub(crate) fn nonneg_nanos(nanos: i64) -> std::time::Duration {
+    std::time::Duration::from_nanos(nanos.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,581 @@
+//! The toxic wire model: Toxiproxy's JSON shape, decoded and validated.
+//!
+//! Toxiproxy clients depend on details of Go's `encoding/json`, so decoding mimics it:
+//! object keys match case-insensitively, unknown keys are ignored, omitted attributes are 0,
+//! negative numbers are accepted, and a float (`1.5`, `1e3`) where an integer is expected is an
+//! error. Checks run in Toxiproxy's order: stream, type, duplicate name (in the store), then
+//! attributes.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use super::{
+    Noop, Toxic, bandwidth::Bandwidth, latency::Latency, limit_data::LimitData,
+    reset_peer::ResetPeer, slicer::Slicer, slow_close::SlowClose, timeout::Timeout,
+};
+use crate::units::parse_duration;
+
+/// Every toxic type fallacy knows, in the order the docs list them.
+pub const TOXIC_TYPES: &[&str] = &[
+    "latency",
+    "bandwidth",
+    "slow_close",
+    "timeout",
+    "reset_peer",
+    "slicer",
+    "limit_data",
+    "noop",
+];
+
+/// Which way the bytes flow. Toxiproxy calls it the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Client to server.
+    Upstream,
+    /// Server to client.
+    Downstream,
+}
+
+impl Direction {
+    /// Parses a stream name, case-insensitively as Toxiproxy does.
+    pub fn parse(stream: &str) -> Option<Direction> {
+        if stream.eq_ignore_ascii_case("upstream") {
+            Some(Direction::Upstream)
+        } else if stream.eq_ignore_ascii_case("downstream") {
+            Some(Direction::Downstream)
+        } else {
+            None
+        }
+    }
+
+    /// The canonical lower-case name, used in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Upstream => "upstream",
+            Direction::Downstream => "downstream",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated toxic, as stored and as shown by the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToxicSpec {
+    /// Unique within its proxy, across both streams.
+    pub name: String,
+    /// The stream exactly as the client spelled it (`"UpStream"` stays `"UpStream"`).
+    pub stream: String,
+    /// The parsed stream.
+    pub direction: Direction,
+    /// Chance in 0..=1 that the toxic applies to a connection and direction, drawn once.
+    pub toxicity: f32,
+    /// Type and attributes.
+    pub kind: ToxicKind,
+}
+
+impl ToxicSpec {
+    /// Applies an update: attributes are merged into the current ones, toxicity replaced when
+    /// given. Returns the new spec; `self` is untouched, so a rejected update changes nothing.
+    pub fn patched(&self, patch: &ToxicPatch) -> Result<ToxicSpec, AttrError> {
+        let mut merged = self.kind.attributes();
+        if let Some(Value::Object(given)) = &patch.attributes {
+            for (key, value) in lowercase_map(given.clone()) {
+                // Go's decoder leaves a field alone when it meets null.
+                if !value.is_null() {
+                    merged.insert(key, value);
+                }
+            }
+        } else if let Some(other) = &patch.attributes {
+            if !other.is_null() {
+                return Err(AttrError::new("attributes", "expected an object"));
+            }
+        }
+        let kind = ToxicKind::decode(self.kind.type_name(), Value::Object(merged))?;
+        Ok(ToxicSpec {
+            kind,
+            toxicity: patch.toxicity.unwrap_or(self.toxicity),
+            ..self.clone()
+        })
+    }
+}
+
+/// The JSON object the API returns for a toxic.
+impl Serialize for ToxicSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("Toxic", 5)?;
+        s.serialize_field("name", &self.name)?;
+        s.serialize_field("type", self.kind.type_name())?;
+        s.serialize_field("stream", &self.stream)?;
+        s.serialize_field("toxicity", &self.toxicity)?;
+        s.serialize_field("attributes", &self.kind.attributes())?;
+        s.end()
+    }
+}
+
+/// The outer fields of a toxic create request, before the type-specific attributes are decoded.
+#[derive(Debug, Default, Deserialize)]
+pub struct Envelope {
+    /// Defaults to `<type>_<stream>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The toxic type.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// Defaults to `downstream`.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Defaults to 1.0.
+    #[serde(default)]
+    pub toxicity: Option<f32>,
+    /// Type-specific attributes.
+    #[serde(default)]
+    pub attributes: Option<Value>,
+}
+
+/// Why a toxic create request was refused before the store saw it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not an object, or a field of the wrong JSON type.
+    #[error("bad request body: {0}")]
+    Body(String),
+    /// Stream not upstream/downstream.
+    #[error("stream was invalid, can be either upstream or downstream")]
+    Stream,
+    /// Type unknown.
+    #[error("invalid toxic type")]
+    Type,
+    /// Toxicity outside 0..=1 (Toxiproxy does not check; a toxicity of 3 is always a mistake).
+    #[error("bad request body: toxicity must be between 0 and 1, got {0}")]
+    Toxicity(f32),
+}
+
+/// The head of a toxic create request: everything but the attributes, checked in Toxiproxy's
+/// order. The attributes are decoded separately, after the store has checked the name is free.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Final name.
+    pub name: String,
+    /// Stream as sent.
+    pub stream: String,
+    /// Parsed stream.
+    pub direction: Direction,
+    /// Type name, known to be valid.
+    pub type_name: String,
+    /// Toxicity.
+    pub toxicity: f32,
+}
+
+impl Envelope {
+    /// Decodes a request body: keys match case-insensitively, unknown keys are ignored, `null`
+    /// is an empty object (as with Go's decoder).
+    pub fn from_json(body: Value) -> Result<Envelope, EnvelopeError> {
+        let body = match body {
+            Value::Null => return Ok(Envelope::default()),
+            Value::Object(map) => Value::Object(lowercase_map(map)),
+            other => {
+                return Err(EnvelopeError::Body(format!(
+                    "expected a JSON object, got {}",
+                    describe_json(&other)
+                )));
+            }
+        };
+        serde_path_to_error::deserialize(body).map_err(|e| EnvelopeError::Body(e.to_string()))
+    }
+
+    /// Checks stream then type, fills in the defaults.
+    pub fn head(&self) -> Result<Head, EnvelopeError> {
+        let stream = self
+            .stream
+            .clone()
+            .unwrap_or_else(|| "downstream".to_owned());
+        let direction = Direction::parse(&stream).ok_or(EnvelopeError::Stream)?;
+        let type_name = self.kind.clone().unwrap_or_default();
+        if !TOXIC_TYPES.contains(&type_name.as_str()) {
+            return Err(EnvelopeError::Type);
+        }
+        let toxicity = self.toxicity.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&toxicity) {
+            return Err(EnvelopeError::Toxicity(toxicity));
+        }
+        let name = match &self.name {
+            Some(name) if !name.is_empty() => name.clone(),
+            _ => format!("{type_name}_{stream}"),
+        };
+        Ok(Head {
+            name,
+            stream,
+            direction,
+            type_name,
+            toxicity,
+        })
+    }
+
+    /// Decodes the attributes for `head.type_name` and builds the spec.
+    pub fn into_spec(self, head: Head) -> Result<ToxicSpec, AttrError> {
+        let attributes = self.attributes.unwrap_or(Value::Null);
+        let attributes = match attributes {
+            Value::Object(map) => Value::Object(lowercase_map(map)),
+            Value::Null => Value::Object(Map::new()),
+            _ => return Err(AttrError::new("attributes", "expected an object")),
+        };
+        let kind = ToxicKind::decode(&head.type_name, attributes)?;
+        Ok(ToxicSpec {
+            name: head.name,
+            stream: head.stream,
+            direction: head.direction,
+            toxicity: head.toxicity,
+            kind,
+        })
+    }
+}
+
+/// A toxic update request: `{attributes?, toxicity?}`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ToxicPatch {
+    /// Merged into the existing attributes.
+    #[serde(default)]
+    pub attributes: Option<Value>,
+    /// Replaces the toxicity when present.
+    #[serde(default)]
+    pub toxicity: Option<f32>,
+}
+
+impl ToxicPatch {
+    /// Decodes an update body with the same leniency as [`Envelope::from_json`].
+    pub fn from_json(body: Value) -> Result<ToxicPatch, EnvelopeError> {
+        let body = match body {
+            Value::Null => return Ok(ToxicPatch::default()),
+            Value::Object(map) => Value::Object(lowercase_map(map)),
+            other => {
+                return Err(EnvelopeError::Body(format!(
+                    "expected a JSON object, got {}",
+                    describe_json(&other)
+                )));
+            }
+        };
+        let patch: ToxicPatch = serde_path_to_error::deserialize(body)
+            .map_err(|e| EnvelopeError::Body(e.to_string()))?;
+        if let Some(t) = patch.toxicity {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(EnvelopeError::Toxicity(t));
+            }
+        }
+        Ok(patch)
+    }
+}
+
+/// A bad attribute: which one, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("bad request body: {path}: {message}")]
+pub struct AttrError {
+    /// Dotted path, such as `attributes.latency`.
+    pub path: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl AttrError {
+    fn new(path: &str, message: &str) -> AttrError {
+        AttrError {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+}
+
+/// Type and attributes of a toxic. Attribute names and units are Toxiproxy's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToxicKind {
+    /// Delay every chunk by `latency` ± `jitter` milliseconds.
+    Latency(LatencyAttrs),
+    /// Cap the rate at `rate` KB/s (1 KB = 1000 B).
+    Bandwidth(BandwidthAttrs),
+    /// Delay the close (FIN) by `delay` milliseconds.
+    SlowClose(SlowCloseAttrs),
+    /// Drop all data; close after `timeout` milliseconds (0 = never).
+    Timeout(TimeoutAttrs),
+    /// Reset (RST) the connection `timeout` milliseconds after the first data.
+    ResetPeer(TimeoutAttrs),
+    /// Split chunks into pieces of about `average_size` bytes, `delay` µs apart.
+    Slicer(SlicerAttrs),
+    /// Close the connection after `bytes` bytes.
+    LimitData(LimitDataAttrs),
+    /// Do nothing (useful to test the plumbing).
+    Noop(NoopAttrs),
+}
+
+/// `latency` attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LatencyAttrs {
+    /// Base delay.
+    pub latency: Millis,
+    /// Uniform spread either side of `latency`.
+    pub jitter: Millis,
+}
+
+/// `bandwidth` attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BandwidthAttrs {
+    /// KB/s; 0 or less means unlimited.
+    pub rate: i64,
+}
+
+/// `slow_close` attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SlowCloseAttrs {
+    /// How long to hold the FIN.
+    pub delay: Millis,
+}
+
+/// `timeout` and `reset_peer` attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TimeoutAttrs {
+    /// Milliseconds.
+    pub timeout: Millis,
+}
+
+/// `slicer` attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SlicerAttrs {
+    /// Bytes per piece on average.
+    pub average_size: i64,
+    /// Spread of the piece size, in bytes.
+    pub size_variation: i64,
+    /// Pause between pieces, in **microseconds** (Toxiproxy's unit for this attribute).
+    pub delay: Micros,
+}
+
+/// `limit_data` attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitDataAttrs {
+    /// Bytes let through before the connection is closed.
+    pub bytes: i64,
+}
+
+/// `noop` has no attributes and shows `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NoopAttrs {}
+
+impl ToxicKind {
+    /// The `type` string.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ToxicKind::Latency(_) => "latency",
+            ToxicKind::Bandwidth(_) => "bandwidth",
+            ToxicKind::SlowClose(_) => "slow_close",
+            ToxicKind::Timeout(_) => "timeout",
+            ToxicKind::ResetPeer(_) => "reset_peer",
+            ToxicKind::Slicer(_) => "slicer",
+            ToxicKind::LimitData(_) => "limit_data",
+            ToxicKind::Noop(_) => "noop",
+        }
+    }
+
+    /// Decodes the attributes of a known type. Keys must already be lower-case.
+    pub fn decode(type_name: &str, attributes: Value) -> Result<ToxicKind, AttrError> {
+        fn de<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, AttrError> {
+            serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                AttrError {
+                    path: if path == "." {
+                        "attributes".into()
+                    } else {
+                        format!("attributes.{path}")
+                    },
+                    message: e.into_inner().to_string(),
+                }
+            })
+        }
+        Ok(match type_name {
+            "latency" => ToxicKind::Latency(de(attributes)?),
+            "bandwidth" => ToxicKind::Bandwidth(de(attributes)?),
+            "slow_close" => ToxicKind::SlowClose(de(attributes)?),
+            "timeout" => ToxicKind::Timeout(de(attributes)?),
+            "reset_peer" => ToxicKind::ResetPeer(de(attributes)?),
+            "slicer" => ToxicKind::Slicer(de(attributes)?),
+            "limit_data" => ToxicKind::LimitData(de(attributes)?),
+            "noop" => ToxicKind::Noop(NoopAttrs {}),
+            other => {
+                return Err(AttrError::new(
+                    "type",
+                    &format!("unknown toxic type {other:?}"),
+                ));
+            }
+        })
+    }
+
+    /// The attributes as a JSON object, every attribute present (omitted ones show as 0).
+    pub fn attributes(&self) -> Map<String, Value> {
+        let value = match self {
+            ToxicKind::Latency(a) => serde_json::to_value(a),
+            ToxicKind::Bandwidth(a) => serde_json::to_value(a),
+            ToxicKind::SlowClose(a) => serde_json::to_value(a),
+            ToxicKind::Timeout(a) | ToxicKind::ResetPeer(a) => serde_json::to_value(a),
+            ToxicKind::Slicer(a) => serde_json::to_value(a),
+            ToxicKind::LimitData(a) => serde_json::to_value(a),
+            ToxicKind::Noop(a) => serde_json::to_value(a),
+        };
+        match value {
+            Ok(Value::Object(map)) => map,
+            // The attribute structs only hold numbers: serialising them cannot fail.
+            _ => Map::new(),
+        }
+    }
+
+    /// Builds the runtime instance for one connection and direction.
+    pub fn instantiate(&self, now: Instant) -> Box<dyn Toxic> {
+        match self {
+            ToxicKind::Latency(a) => Box::new(Latency::new(a)),
+            ToxicKind::Bandwidth(a) => Box::new(Bandwidth::new(a)),
+            ToxicKind::SlowClose(a) => Box::new(SlowClose::new(a)),
+            ToxicKind::Timeout(a) => Box::new(Timeout::new(a, now)),
+            ToxicKind::ResetPeer(a) => Box::new(ResetPeer::new(a)),
+            ToxicKind::Slicer(a) => Box::new(Slicer::new(a)),
+            ToxicKind::LimitData(a) => Box::new(LimitData::new(a)),
+            ToxicKind::Noop(_) => Box::new(Noop),
+        }
+    }
+}
+
+/// A duration attribute counted in milliseconds on the wire (Toxiproxy's unit for most toxics).
+///
+/// Accepts an integer number of milliseconds (negative allowed, meaning zero, as in Toxiproxy)
+/// or a string with a unit (`"250ms"`, `"1.5s"`: our extension). Shown as an integer number of
+/// milliseconds, or a fraction when a string asked for sub-millisecond precision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Millis(pub i64 /* nanoseconds */);
+
+/// A duration attribute counted in microseconds on the wire (`slicer.delay`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Micros(pub i64 /* nanoseconds */);
+
+impl Millis {
+    /// The duration, negative values read as zero.
+    pub fn duration(self) -> Duration {
+        super::nonneg_nanos(self.0)
+    }
+}
+
+impl Micros {
+    /// The duration, negative values read as zero.
+    pub fn duration(self) -> Duration {
+        super::nonneg_nanos(self.0)
+    }
+}
+
+fn serialize_unit<S: Serializer>(nanos: i64, unit: i64, s: S) -> Result<S::Ok, S::Error> {
+    if nanos % unit == 0 {
+        s.serialize_i64(nanos / unit)
+    } else {
+        s.serialize_f64(nanos as f64 / unit as f64)
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_unit(self.0, 1_000_000, s)
+    }
+}
+
+impl Serialize for Micros {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_unit(self.0, 1_000, s)
+    }
+}
+
+struct DurationVisitor {
+    unit_nanos: i64,
+    unit_name: &'static str,
+}
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = i64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "an integer number of {} or a duration string such as \"250ms\"",
+            self.unit_name
+        )
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+        v.checked_mul(self.unit_nanos)
+            .ok_or_else(|| E::custom(format!("{v} {} is out of range", self.unit_name)))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+        let v = i64::try_from(v)
+            .map_err(|_| E::custom(format!("{v} {} is out of range", self.unit_name)))?;
+        self.visit_i64(v)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
+        let d = parse_duration(v).map_err(E::custom)?;
+        i64::try_from(d.as_nanos()).map_err(|_| E::custom(format!("\"{v}\" is out of range")))
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DurationVisitor {
+            unit_nanos: 1_000_000,
+            unit_name: "milliseconds",
+        })
+        .map(Millis)
+    }
+}
+
+impl<'de> Deserialize<'de> for Micros {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DurationVisitor {
+            unit_nanos: 1_000,
+            unit_name: "microseconds",
+        })
+        .map(Micros)
+    }
+}
+
+/// Lower-cases the keys of a JSON object, keeping the last of keys that collide (Go's
+/// case-insensitive matching lets the last one win too).
+pub fn lowercase_map(map: Map<String, Value>) -> Map<String, Value> {
+    map.into_iter()
+        .map(|(k, v)| (k.to_lowercase(), v))
+        .collect()
+}
+
+/// [`lowercase_map`] for any JSON value (non-objects are returned unchanged).
+pub fn lowercase_keys(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(lowercase_map(map)),
+        other => other,
+    }
+}
+
+pub(crate) fn describe_json(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
