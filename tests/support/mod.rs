@@ -1,0 +1,251 @@
+//! Test harness: a real fallacy server, real upstreams, real sockets, all on 127.0.0.1:0.
+//!
+//! Every server started here stops by itself: when its guard is dropped, and in any case after
+//! [`SERVER_LIFETIME`].
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fallacy::Server;
+use fallacy::config::Config;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// No test server lives longer than this, whatever happens to the test.
+pub const SERVER_LIFETIME: Duration = Duration::from_secs(120);
+
+/// A fallacy server running in this process, with its admin API on a real port.
+pub struct Fallacy {
+    pub server: Server,
+    pub admin: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+impl Fallacy {
+    pub async fn start() -> Fallacy {
+        Fallacy::with_config(Config::default()).await
+    }
+
+    pub async fn with_config(config: Config) -> Fallacy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = Server::start(listener, config, None, shutdown.clone())
+            .await
+            .unwrap();
+        let s = server.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = s.clone().run_until_shutdown() => {}
+                _ = tokio::time::sleep(SERVER_LIFETIME) => s.shutdown.cancel(),
+            }
+        });
+        Fallacy {
+            server,
+            admin,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Sends a request with a raw body; returns status and parsed JSON (Null when empty).
+    pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (status, text) = self.call_raw(method, path, body).await;
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn call_raw(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            req = req.body(body.to_owned());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
+    /// Creates a proxy on 127.0.0.1:0 to `upstream`; returns the address it listens on.
+    pub async fn proxy(&self, name: &str, upstream: SocketAddr) -> SocketAddr {
+        let body = json!({"name": name, "listen": "127.0.0.1:0", "upstream": upstream.to_string()});
+        let (status, proxy) = self.call("POST", "/proxies", Some(&body.to_string())).await;
+        assert_eq!(status, 201, "{proxy}");
+        proxy["listen"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Adds a toxic and asserts it was accepted.
+    pub async fn toxic(&self, proxy: &str, toxic: Value) -> Value {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/proxies/{proxy}/toxics"),
+                Some(&toxic.to_string()),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+impl Drop for Fallacy {
+    fn drop(&mut self) {
+        self.server.shutdown.cancel();
+    }
+}
+
+/// An upstream that echoes every byte, and on EOF finishes echoing then shuts down its write
+/// side (so half-close can be observed end to end).
+pub struct Echo {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Echo {
+    pub async fn start() -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::sleep(SERVER_LIFETIME);
+            tokio::pin!(deadline);
+            loop {
+                let (mut sock, _) = tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = &mut deadline => return,
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = tokio::select! {
+                            _ = token.cancelled() => return,
+                            n = sock.read(&mut buf) => match n { Ok(n) => n, Err(_) => return },
+                        };
+                        if n == 0 {
+                            let _ = sock.shutdown().await;
+                            return;
+                        }
+                        if sock.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Echo { addr, stop }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// An upstream that accepts connections, counts them, and never answers or closes on its own
+/// (it closes everything when dropped).
+pub struct Silent {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Silent {
+    pub async fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            let deadline = tokio::time::sleep(SERVER_LIFETIME);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = &mut deadline => return,
+                    accepted = listener.accept() => if let Ok((s, _)) = accepted { held.push(s) },
+                }
+            }
+        });
+        Silent { addr, stop }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A free loopback address with nothing listening (bound then released).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Connects with a bound on the time it may take.
+pub async fn connect(addr: SocketAddr) -> TcpStream {
+    let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads until EOF or `limit`, failing the test if it takes longer than `within`.
+pub async fn read_to_end(s: &mut TcpStream, within: Duration) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut out))
+        .await
+        .expect("read timed out")?;
+    Ok(out)
+}
+
+/// Reads exactly `n` bytes within `within`.
+pub async fn read_exact(s: &mut TcpStream, n: usize, within: Duration) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(within, s.read_exact(&mut buf))
+        .await
+        .expect("read timed out")
+        .unwrap();
+    buf
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Sends one message and times how long its echo takes to come back in full.
+pub async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Duration {
+    let start = std::time::Instant::now();
+    s.write_all(msg).await.unwrap();
+    let back = read_exact(s, msg.len(), Duration::from_secs(20)).await;
+    assert_eq!(back, msg);
+    start.elapsed()
+}
