@@ -22,6 +22,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::sync::watch;
 
+use crate::metrics::ProxyMetrics;
 use crate::toxic::{Direction, ToxicSpec};
 
 /// Where a proxy without a `listen` address listens. Toxiproxy binds every interface on a
@@ -60,6 +61,7 @@ pub struct Link {
     generation: watch::Sender<u64>,
     connections: AtomicU64,
     settings: Arc<Settings>,
+    metrics: ProxyMetrics,
 }
 
 impl Link {
@@ -72,6 +74,7 @@ impl Link {
             generation: watch::channel(0).0,
             connections: AtomicU64::new(0),
             settings,
+            metrics: ProxyMetrics::new(name),
         }
     }
 
@@ -105,6 +108,10 @@ impl Link {
     /// A receiver that fires on every toxic change.
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    pub(crate) fn metrics(&self) -> &ProxyMetrics {
+        &self.metrics
     }
 
     pub(crate) fn settings(&self) -> &Settings {

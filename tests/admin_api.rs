@@ -311,7 +311,7 @@ async fn toxic_create_defaults_and_listing_order() {
     assert_eq!(
         t,
         json!({"name": "latency_downstream", "type": "latency", "stream": "downstream",
-               "toxicity": 1.0, "attributes": {"latency": 100, "jitter": 0}})
+               "toxicity": 1, "attributes": {"latency": 100, "jitter": 0}})
     );
     let noop = f
         .toxic("p", json!({"type": "noop", "stream": "upstream"}))
@@ -473,7 +473,7 @@ async fn toxic_update_merges_attributes_and_replaces_toxicity() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(t["attributes"], json!({"latency": 100, "jitter": 20}));
-    assert_eq!(t["toxicity"], 1.0);
+    assert_eq!(t["toxicity"], 1);
     let (status, t) = f
         .call("POST", "/proxies/p/toxics/l", Some(r#"{"toxicity": 0.5}"#))
         .await;

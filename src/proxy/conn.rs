@@ -19,7 +19,7 @@ pub async fn handle(
     stop: CancellationToken,
     id: u64,
 ) {
-    let _active = metrics::ConnectionGuard::open(link.name());
+    let _active = metrics::ConnectionGuard::open(link.metrics());
     // Nagle would add up to 40 ms per small write (delayed-ACK interplay); a fault proxy must
     // not add latency nobody asked for.
     let _ = client.set_nodelay(true);
@@ -30,8 +30,8 @@ pub async fn handle(
     let upstream = match upstream {
         Ok(upstream) => upstream,
         Err(err) => {
-            metrics::upstream_connect_error(link.name());
-            warn!(%peer, %err, "closing client: upstream unavailable");
+            link.metrics().upstream_connect_error();
+            warn!(proxy = %link.name(), %peer, %err, "closing client: upstream unavailable");
             return;
         }
     };

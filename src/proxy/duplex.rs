@@ -191,7 +191,7 @@ impl Half {
             eof_at: None,
             pending: None,
             changes,
-            bytes: metrics::bytes(link.name(), dir),
+            bytes: link.metrics().bytes(dir),
         };
         half.rebuild(&link.toxics(), link.name(), Instant::now());
         half
@@ -260,11 +260,11 @@ impl Half {
                         return self.io_failed(err, self.src_side(), shared);
                     }
                     if buf.capacity() == 0 {
-                        buf.reserve(BUF_SIZE);
+                        buf = pool::take();
                     }
                     match src.try_read_buf(&mut buf) {
                         Ok(0) => {
-                            buf = BytesMut::new();
+                            pool::give(mem::take(&mut buf));
                             self.on_eof(Instant::now());
                         }
                         Ok(n) => {
@@ -283,7 +283,7 @@ impl Half {
                         Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                             // Nothing more for now: give the buffer back while we wait.
                             if buf.is_empty() {
-                                buf = BytesMut::new();
+                                pool::give(mem::take(&mut buf));
                             }
                         }
                         Err(err) => return self.io_failed(err, self.src_side(), shared),
@@ -552,6 +552,42 @@ async fn write_all(
         }
     }
     Ok(())
+}
+
+/// Read buffers, recycled per worker thread. An idle connection holds no buffer; a busy one
+/// takes one per burst from here rather than from the allocator (64 KiB allocations churn the
+/// heap's top and cost a `brk` now and then).
+mod pool {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::BUF_SIZE;
+
+    /// Buffers kept per thread: enough for the connections one worker serves in a burst.
+    const KEEP: usize = 32;
+
+    thread_local! {
+        static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take() -> BytesMut {
+        FREE.with(|f| f.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(BUF_SIZE))
+    }
+
+    pub(super) fn give(mut buf: BytesMut) {
+        // Only whole, unshared buffers: a split one still backs bytes in flight.
+        if buf.capacity() >= BUF_SIZE {
+            buf.clear();
+            FREE.with(|f| {
+                let mut free = f.borrow_mut();
+                if free.len() < KEEP {
+                    free.push(buf);
+                }
+            });
+        }
+    }
 }
 
 fn far_future() -> Instant {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use super::{Link, conn};
 
@@ -37,9 +37,10 @@ pub async fn serve(
             Ok((client, peer)) => {
                 backoff = MIN_BACKOFF;
                 let id = link.next_connection();
-                let span = info_span!("conn", proxy = %link.name(), id, client.addr = %peer);
+                // A debug span: at the default info level it costs nothing per connection.
+                let span = debug_span!("conn", proxy = %link.name(), id, client.addr = %peer);
                 tracker.spawn(
-                    conn::handle(client, peer, link.clone(), conn_stop.child_token(), id)
+                    conn::handle(client, peer, link.clone(), conn_stop.clone(), id)
                         .instrument(span),
                 );
             }

@@ -117,7 +117,12 @@ impl Serialize for ToxicSpec {
         s.serialize_field("name", &self.name)?;
         s.serialize_field("type", self.kind.type_name())?;
         s.serialize_field("stream", &self.stream)?;
-        s.serialize_field("toxicity", &self.toxicity)?;
+        // Go prints a whole float32 without a decimal point (`1`, not `1.0`).
+        if self.toxicity.fract() == 0.0 {
+            s.serialize_field("toxicity", &(self.toxicity as i64))?;
+        } else {
+            s.serialize_field("toxicity", &self.toxicity)?;
+        }
         s.serialize_field("attributes", &self.kind.attributes())?;
         s.end()
     }
