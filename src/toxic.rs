@@ -89,7 +89,8 @@ pub trait Toxic: Send + fmt::Debug {
         Verdict::Continue
     }
 
-    /// An instant at which this toxic wants [`Toxic::on_deadline`] called, if any.
+    /// An instant at which this toxic wants [`Toxic::on_deadline`] called, if any. It must move
+    /// on (or become `None`) once `on_deadline` has run, or the duplex loop would spin.
     fn deadline(&self) -> Option<Instant> {
         None
     }

@@ -10,6 +10,7 @@ use super::{Chunk, Toxic, ToxicCx, Verdict};
 pub(super) struct ResetPeer {
     timeout: std::time::Duration,
     reset_at: Option<Instant>,
+    fired: bool,
 }
 
 impl ResetPeer {
@@ -17,6 +18,7 @@ impl ResetPeer {
         ResetPeer {
             timeout: attrs.timeout.duration(),
             reset_at: None,
+            fired: false,
         }
     }
 
@@ -43,10 +45,12 @@ impl Toxic for ResetPeer {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.reset_at
+        // Fired once: a deadline left in the past would wake the duplex loop forever.
+        self.reset_at.filter(|_| !self.fired)
     }
 
     fn on_deadline(&mut self, now: Instant, _cx: &mut ToxicCx) -> Verdict {
+        self.fired = true;
         Verdict::Reset(now)
     }
 }

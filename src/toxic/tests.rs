@@ -130,6 +130,7 @@ fn timeout_closes_at_its_deadline_and_zero_never() {
     );
     assert!(out.is_empty(), "data is dropped");
     assert_eq!(t.on_deadline(now, &mut cx(0)), Verdict::Close(now));
+    assert_eq!(t.deadline(), None, "a fired deadline must not stay due");
     assert!(t.closes_on_removal());
     let never = timeout::Timeout::new(&TimeoutAttrs { timeout: ms(0) }, now);
     assert_eq!(never.deadline(), None);
@@ -154,6 +155,9 @@ fn reset_peer_arms_on_first_data() {
         &mut out,
     );
     assert_eq!(t.deadline(), Some(now + Duration::from_millis(200)));
+    let at = t.deadline().unwrap();
+    assert_eq!(t.on_deadline(at, &mut cx(0)), Verdict::Reset(at));
+    assert_eq!(t.deadline(), None, "a fired deadline must not stay due");
     let mut immediate = reset_peer::ResetPeer::new(&TimeoutAttrs { timeout: ms(0) });
     assert_eq!(
         immediate.on_chunk(chunk(1, now), &mut cx(0), &mut out),

@@ -36,6 +36,8 @@ impl Toxic for Timeout {
     }
 
     fn on_deadline(&mut self, now: Instant, _cx: &mut ToxicCx) -> Verdict {
+        // Fired once: a deadline left in the past would wake the duplex loop forever.
+        self.close_at = None;
         Verdict::Close(now)
     }
 

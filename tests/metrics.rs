@@ -1,0 +1,200 @@
+//! `/metrics` with a real Prometheus recorder: live byte counters, connection counts, connect
+//! errors, toxics applied. This file is its own test process, so it may install the global
+//! recorder once; each test uses its own proxy names.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fallacy::Server;
+use fallacy::config::Config;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use support::{Echo, connect, dead_addr, read_to_end, round_trip};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new().install_recorder().unwrap();
+            fallacy::metrics::describe();
+            handle
+        })
+        .clone()
+}
+
+struct Running {
+    admin: std::net::SocketAddr,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Running {
+    async fn start() -> Running {
+        let handle = recorder();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = Server::start(listener, Config::default(), Some(handle), shutdown.clone())
+            .await
+            .unwrap();
+        tokio::spawn(server.run_until_shutdown());
+        Running {
+            admin,
+            http: reqwest::Client::new(),
+            shutdown,
+        }
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let resp = self
+            .http
+            .post(format!("http://{}{path}", self.admin))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        resp.json().await.unwrap()
+    }
+
+    async fn proxy(&self, name: &str, upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+        let p = self
+            .post(
+                "/proxies",
+                json!({"name": name, "listen": "127.0.0.1:0", "upstream": upstream.to_string()}),
+            )
+            .await;
+        p["listen"].as_str().unwrap().parse().unwrap()
+    }
+
+    async fn scrape(&self) -> String {
+        let resp = self
+            .http
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    }
+
+    /// The value of one series, or None when absent.
+    async fn value(&self, series: &str) -> Option<f64> {
+        self.scrape().await.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+    }
+
+    /// Polls (bounded) until the series has the value: counters are updated by the connection
+    /// task, which may run just after the client saw its bytes.
+    async fn expect(&self, series: &str, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let got = self.value(series).await;
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series}: got {got:?}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn byte_counters_are_live_while_the_connection_is_open() {
+    let f = Running::start().await;
+    let echo = Echo::start().await;
+    let addr = f.proxy("live", echo.addr).await;
+    let mut s = connect(addr).await;
+    round_trip(&mut s, &[1u8; 1000]).await;
+    // The connection is still open: the counters already show the bytes.
+    f.expect(
+        r#"fallacy_bytes_total{proxy="live",direction="upstream"}"#,
+        1000.0,
+    )
+    .await;
+    f.expect(
+        r#"fallacy_bytes_total{proxy="live",direction="downstream"}"#,
+        1000.0,
+    )
+    .await;
+    f.expect(r#"fallacy_connections_active{proxy="live"}"#, 1.0)
+        .await;
+    drop(s);
+    f.expect(r#"fallacy_connections_active{proxy="live"}"#, 0.0)
+        .await;
+    f.expect(r#"fallacy_connections_total{proxy="live"}"#, 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn unreachable_upstreams_are_counted() {
+    let f = Running::start().await;
+    let addr = f.proxy("dead", dead_addr().await).await;
+    for _ in 0..2 {
+        let mut s = connect(addr).await;
+        assert!(
+            read_to_end(&mut s, Duration::from_secs(5))
+                .await
+                .unwrap_or_default()
+                .is_empty()
+        );
+    }
+    f.expect(
+        r#"fallacy_upstream_connect_errors_total{proxy="dead"}"#,
+        2.0,
+    )
+    .await;
+    f.expect(r#"fallacy_connections_total{proxy="dead"}"#, 2.0)
+        .await;
+}
+
+#[tokio::test]
+async fn applied_toxics_are_counted_per_connection_direction() {
+    let f = Running::start().await;
+    let echo = Echo::start().await;
+    let addr = f.proxy("tox", echo.addr).await;
+    f.post("/proxies/tox/toxics", json!({"type": "noop", "name": "n"}))
+        .await;
+    for _ in 0..3 {
+        let mut s = connect(addr).await;
+        round_trip(&mut s, b"x").await;
+    }
+    f.expect(r#"fallacy_toxic_applied_total{proxy="tox",toxic="n"}"#, 3.0)
+        .await;
+}
+
+#[tokio::test]
+async fn every_metric_has_help_text() {
+    let f = Running::start().await;
+    let echo = Echo::start().await;
+    let addr = f.proxy("help", echo.addr).await;
+    let mut s = connect(addr).await;
+    round_trip(&mut s, b"x").await;
+    let text = f.scrape().await;
+    for name in [
+        "fallacy_connections_total",
+        "fallacy_connections_active",
+        "fallacy_bytes_total",
+        "fallacy_admin_requests_total",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}:\n{text}"
+        );
+    }
+}
