@@ -35,6 +35,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rand::Rng;
 use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -48,6 +49,9 @@ use crate::toxic::{Chunk, Direction, Toxic, ToxicCx, ToxicSpec, Verdict};
 /// Read size. Large reads amortise syscalls on bulk transfers; the buffer is only held while
 /// data is flowing (see the module doc).
 const BUF_SIZE: usize = 64 * 1024;
+
+/// Below this much free room, a read buffer is replaced rather than read into.
+const MIN_READ: usize = 4 * 1024;
 
 /// The most bytes a half holds waiting for their release time before it stops reading.
 /// 8 MiB covers a 10 ms delay at 800 MB/s, so a latency toxic does not cap throughput on a
@@ -259,9 +263,11 @@ impl Half {
                     if let Err(err) = ready {
                         return self.io_failed(err, self.src_side(), shared);
                     }
-                    if buf.capacity() == 0 {
+                    // After a split (toxic path) the remainder may be small: start afresh.
+                    if buf.capacity() < MIN_READ {
                         buf = pool::take();
                     }
+                    let room = buf.capacity();
                     match src.try_read_buf(&mut buf) {
                         Ok(0) => {
                             pool::give(mem::take(&mut buf));
@@ -278,6 +284,19 @@ impl Half {
                             } else {
                                 let data = buf.split().freeze();
                                 self.on_chunk(Chunk { data, at: Instant::now() });
+                            }
+                            if n < room {
+                                // A short read means the socket is drained: Linux's TCP recv
+                                // stops early only on an empty queue. Clear tokio's readiness
+                                // here rather than pay for a read that returns EAGAIN; the
+                                // edge-triggered poller reports the next arrival. Saves a
+                                // syscall per request on request/response traffic.
+                                let _ = src.try_io(Interest::READABLE, || {
+                                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                                });
+                                if buf.is_empty() {
+                                    pool::give(mem::take(&mut buf));
+                                }
                             }
                         }
                         Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
