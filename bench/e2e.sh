@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: direct connection vs haproxy (mode tcp) vs fallacy, in one run, on
+# loopback. Prints the PRODUCT.md section 8 table and writes bench/results/latest.md (+ .json).
+# See bench/README.md. Only processes started here are stopped (by PID, on exit).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+
+QUICK=0
+RUNS=""
+IDLE_CONNS=""
+BUILD=1
+WITH_FALLACY=1
+FALLACY_BIN="$ROOT/target/release/fallacy"
+OUT="$HERE/results/latest.md"
+STRICT=""
+KEEP=0
+
+usage() {
+  cat <<EOF
+usage: bench/e2e.sh [options]
+  --quick             1 run, short durations, 1000 idle connections (about 1 minute)
+  --runs N            runs per target; the median is reported (default 5)
+  --idle-conns N      idle connections for the memory figure (default 2000)
+  --no-build          do not run cargo build (use the binaries already built)
+  --fallacy-bin PATH  fallacy binary (default target/release/fallacy)
+  --no-fallacy        measure direct and haproxy only
+  --out FILE          Markdown result (default bench/results/latest.md; a .json sits beside it)
+  --strict            exit 1 when fallacy misses a target
+  --keep-logs         keep the temporary directory with server and proxy logs
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --runs) RUNS="$2"; shift ;;
+    --idle-conns) IDLE_CONNS="$2"; shift ;;
+    --no-build) BUILD=0 ;;
+    --fallacy-bin) FALLACY_BIN="$2"; shift ;;
+    --no-fallacy) WITH_FALLACY=0 ;;
+    --out) OUT="$2"; shift ;;
+    --strict) STRICT="--strict" ;;
+    --keep-logs) KEEP=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$QUICK" = 1 ]; then
+  RUNS=${RUNS:-1}; IDLE_CONNS=${IDLE_CONNS:-1000}
+else
+  RUNS=${RUNS:-5}; IDLE_CONNS=${IDLE_CONNS:-2000}
+fi
+
+log() { echo "[e2e $(date +%H:%M:%S)] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+WORK=$(mktemp -d /tmp/fallacy-e2e.XXXXXX)
+PIDS=()
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for _ in $(seq 1 30); do
+    local left=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  wait 2>/dev/null
+  if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
+    log "logs kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
+
+# ---------------------------------------------------------------------------------------------
+# build
+LOADGEN="$HERE/loadgen/target/release/loadgen"
+if [ "$BUILD" = 1 ]; then
+  log "building loadgen (release)"
+  (cd "$HERE/loadgen" && cargo build --release --quiet) || die "loadgen build failed"
+  if [ "$WITH_FALLACY" = 1 ] && [ "$FALLACY_BIN" = "$ROOT/target/release/fallacy" ]; then
+    log "building fallacy (release)"
+    (cd "$ROOT" && cargo build --release --quiet --bin fallacy) || die "fallacy build failed"
+  fi
+fi
+[ -x "$LOADGEN" ] || die "$LOADGEN missing (run without --no-build)"
+if [ "$WITH_FALLACY" = 1 ]; then
+  [ -x "$FALLACY_BIN" ] || die "$FALLACY_BIN missing (build it, or use --no-fallacy)"
+fi
+
+# haproxy, the reference proxy
+if ! command -v haproxy >/dev/null 2>&1; then
+  log "installing haproxy"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y haproxy >"$WORK/apt.log" 2>&1 \
+    || { apt-get update >>"$WORK/apt.log" 2>&1 && apt-get install -y haproxy >>"$WORK/apt.log" 2>&1; } \
+    || die "could not install haproxy (see $WORK/apt.log)"
+fi
+HAPROXY=$(command -v haproxy)
+
+# file descriptors: idle connections pass through client, proxy and server
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if [ "$NOFILE" != unlimited ] && [ $((IDLE_CONNS * 2 + 500)) -gt "$NOFILE" ]; then
+  IDLE_CONNS=$(( (NOFILE - 500) / 2 ))
+  log "open-file limit $NOFILE: using $IDLE_CONNS idle connections"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# upstream servers (loadgen), each on a free loopback port it picks itself
+SERVER_LIFETIME=900
+SOURCE_BYTES=4000000000
+[ "$QUICK" = 1 ] && SOURCE_BYTES=2000000000
+
+wait_line() { # FILE PATTERN PID: wait (at most 10 s) for a line matching PATTERN in FILE
+  local i
+  for i in $(seq 1 100); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+json_listen() { sed -n 's/.*"listen":"\([^"]*\)".*/\1/p' "$1" | sed -n 1p; }
+
+declare -A UP
+start_upstream() { # ROLE SUBCOMMAND [ARGS...]
+  local role=$1; shift
+  "$LOADGEN" "$@" --listen 127.0.0.1:0 --duration "$SERVER_LIFETIME" >"$WORK/up-$role.json" 2>"$WORK/up-$role.err" &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_line "$WORK/up-$role.json" '"listen"' "$pid" || die "upstream $role did not start: $(cat "$WORK/up-$role.err")"
+  UP[$role]=$(json_listen "$WORK/up-$role.json")
+  log "upstream $role on ${UP[$role]} (pid $pid)"
+}
+start_upstream source source --bytes "$SOURCE_BYTES"
+start_upstream echo echo
+start_upstream http http-server --body 100
+start_upstream idle idle-server
+
+# ---------------------------------------------------------------------------------------------
+# haproxy in mode tcp on free ports, to the same upstreams
+read -r -a HP_PORTS <<<"$(python3 - <<'EOF'
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+EOF
+)"
+HP_MAXCONN=8000
+if [ "$NOFILE" != unlimited ] && [ $(( (NOFILE - 200) / 2 )) -lt "$HP_MAXCONN" ]; then
+  HP_MAXCONN=$(( (NOFILE - 200) / 2 ))
+fi
+declare -A HP
+{
+  echo "global"
+  echo "    maxconn $HP_MAXCONN"
+  echo "defaults"
+  echo "    mode tcp"
+  echo "    maxconn $HP_MAXCONN"
+  echo "    timeout connect 5s"
+  echo "    timeout client 300s"
+  echo "    timeout server 300s"
+  i=0
+  for role in source echo http idle; do
+    HP[$role]="127.0.0.1:${HP_PORTS[$i]}"
+    echo "listen bench_$role"
+    echo "    bind ${HP[$role]}"
+    echo "    server up ${UP[$role]}"
+    i=$((i + 1))
+  done
+} >"$WORK/haproxy.cfg"
+"$HAPROXY" -c -q -f "$WORK/haproxy.cfg" >"$WORK/haproxy-check.log" 2>&1 \
+  || die "haproxy config rejected: $(cat "$WORK/haproxy-check.log")"
+"$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+HP_PID=$!
+PIDS+=("$HP_PID")
+python3 - "${HP[@]}" <<'EOF' || die "haproxy did not start: $(cat "$WORK/haproxy.log")"
+import socket, sys, time
+for addr in sys.argv[1:]:
+    host, port = addr.rsplit(":", 1)
+    for _ in range(100):
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        sys.exit(1)
+EOF
+HAPROXY_VERSION=$("$HAPROXY" -v 2>/dev/null | awk 'NR == 1 {print $3}') || HAPROXY_VERSION="?"
+log "haproxy $HAPROXY_VERSION (pid $HP_PID) on ${HP[*]}"
+
+# ---------------------------------------------------------------------------------------------
+# fallacy: admin API on a free port, one proxy per upstream created through the API
+declare -A FA
+FA_PID=""
+FALLACY_VERSION="n/a"
+if [ "$WITH_FALLACY" = 1 ]; then
+  "$FALLACY_BIN" serve --admin 127.0.0.1:0 >"$WORK/fallacy.out" 2>"$WORK/fallacy.err" &
+  FA_PID=$!
+  PIDS+=("$FA_PID")
+  wait_line "$WORK/fallacy.out" 'http://' "$FA_PID" \
+    || die "fallacy did not start: $(tail -n 5 "$WORK/fallacy.err")"
+  ADMIN=$(sed -n 's#.*\(http://[^ ]*\).*#\1#p' "$WORK/fallacy.out" | sed -n 1p)
+  for role in source echo http idle; do
+    code=$(curl -s -m 10 -o "$WORK/fa-$role.json" -w '%{http_code}' -X POST "$ADMIN/proxies" \
+      -d "{\"name\":\"bench_$role\",\"listen\":\"127.0.0.1:0\",\"upstream\":\"${UP[$role]}\"}") || code=000
+    [ "$code" = 201 ] || die "creating fallacy proxy bench_$role: HTTP $code $(cat "$WORK/fa-$role.json" 2>/dev/null)"
+    FA[$role]=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen"])' "$WORK/fa-$role.json")
+  done
+  FALLACY_VERSION=$( (curl -s -m 5 "$ADMIN/version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])') 2>/dev/null || echo "?")
+  FALLACY_VERSION="$FALLACY_VERSION ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no commit'))"
+  log "fallacy $FALLACY_VERSION (pid $FA_PID), admin $ADMIN, proxies on ${FA[*]}"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# measure
+python3 - "$WORK/config.json" <<EOF
+import json, sys
+def t(src, echo, http, idle, pid):
+    return {"source": src, "echo": echo, "http": http, "idle": idle, "pid": pid}
+cfg = {
+  "loadgen": "$LOADGEN",
+  "targets": {
+    "direct": t("${UP[source]}", "${UP[echo]}", "${UP[http]}", "${UP[idle]}", None),
+    "haproxy": t("${HP[source]}", "${HP[echo]}", "${HP[http]}", "${HP[idle]}", $HP_PID),
+    "fallacy": t("${FA[source]:-}", "${FA[echo]:-}", "${FA[http]:-}", "${FA[idle]:-}", ${FA_PID:-None}) if "$WITH_FALLACY" == "1" else None,
+  },
+  "pids": [$(IFS=,; echo "${PIDS[*]}")],
+  "meta": {"haproxy_version": "$HAPROXY_VERSION", "fallacy_version": "$FALLACY_VERSION"},
+}
+json.dump(cfg, open(sys.argv[1], "w"), indent=1)
+EOF
+
+EXTRA=()
+[ "$QUICK" = 1 ] && EXTRA+=(--quick)
+[ -n "$STRICT" ] && EXTRA+=("$STRICT")
+# in the background, so that a signal reaches the trap (and the cleanup) at once
+python3 "$HERE/e2e.py" --config "$WORK/config.json" --runs "$RUNS" --idle-conns "$IDLE_CONNS" \
+  --out "$OUT" "${EXTRA[@]}" &
+PY_PID=$!
+PIDS=("$PY_PID" "${PIDS[@]}")
+rc=0
+wait "$PY_PID" || rc=$?
+PIDS=("${PIDS[@]:1}")
+exit "$rc"
