@@ -4,6 +4,7 @@
 //! validated [`Config`] before anything binds. Validation collects *every* problem, each with
 //! its line, column and field, so `fallacy check` can list them all at once.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -115,7 +116,8 @@ impl fmt::Display for Problems<'_> {
     }
 }
 
-/// Reads and validates a file: JSON when it ends in `.json` or starts with `[`, TOML otherwise.
+/// Reads and validates a file: JSON when it ends in `.json`, TOML when it ends in `.toml`, and
+/// otherwise JSON when it looks like a JSON array (`[` then `{` or `]`), TOML otherwise.
 pub fn load(path: &Path) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_owned(),
@@ -128,9 +130,16 @@ pub fn load(path: &Path) -> Result<Config, Error> {
 }
 
 fn is_json(path: &Path, text: &str) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        || text.trim_start().starts_with('[')
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("json") => true,
+        Some(e) if e.eq_ignore_ascii_case("toml") => false,
+        // A TOML file often starts with `[server]` or `[[proxy]]` too: only `[` followed by an
+        // object or the end of the array is a populate array.
+        _ => text
+            .trim_start()
+            .strip_prefix('[')
+            .is_some_and(|rest| matches!(rest.trim_start().chars().next(), Some('{' | ']') | None)),
+    }
 }
 
 /// Parses file contents; `json` selects the Toxiproxy format.
@@ -186,15 +195,44 @@ struct RawProxy {
 #[serde(deny_unknown_fields)]
 struct RawToxic {
     #[serde(default)]
-    name: Option<String>,
+    name: Option<Spanned<String>>,
     #[serde(rename = "type")]
-    kind: String,
+    kind: Spanned<String>,
     #[serde(default)]
-    stream: Option<String>,
+    stream: Option<Spanned<String>>,
     #[serde(default)]
-    toxicity: Option<f32>,
+    toxicity: Option<Spanned<f32>>,
+    /// Spans per attribute, so an error points at the value at fault.
     #[serde(default)]
-    attributes: Option<toml::Table>,
+    attributes: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
+}
+
+impl RawToxic {
+    /// Where the sub-field named by a [`toxic_spec`] error starts; the toxic's own header when
+    /// the field is absent (a default name or stream).
+    fn offset_of(&self, sub: &str, toxic: usize) -> usize {
+        let start = |s: Option<std::ops::Range<usize>>| s.map_or(toxic, |r| r.start);
+        match sub {
+            "name" => start(self.name.as_ref().map(Spanned::span)),
+            "type" => self.kind.span().start,
+            "stream" => start(self.stream.as_ref().map(Spanned::span)),
+            "toxicity" => start(self.toxicity.as_ref().map(Spanned::span)),
+            _ => {
+                let Some(attrs) = &self.attributes else {
+                    return toxic;
+                };
+                // `attributes.<key>`: keys were lower-cased before decoding.
+                sub.strip_prefix("attributes.")
+                    .and_then(|key| {
+                        attrs
+                            .get_ref()
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                    })
+                    .map_or(attrs.span().start, |(_, v)| v.span().start)
+            }
+        }
+    }
 }
 
 /// Collects diagnostics against one source text.
@@ -220,11 +258,20 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
         text,
         diagnostics: Vec::new(),
     };
-    let raw: RawConfig = match toml::from_str(text) {
+    let mut pending_field = String::new();
+    // serde_path_to_error names the field at fault (`server.connect_timeout`), which toml's
+    // own error leaves out; the span still comes from toml.
+    let raw: Result<RawConfig, _> = toml::Deserializer::parse(text).and_then(|de| {
+        serde_path_to_error::deserialize(de).map_err(|err| {
+            pending_field = field_path(err.path());
+            err.into_inner()
+        })
+    });
+    let raw = match raw {
         Ok(raw) => raw,
         Err(err) => {
             let offset = err.span().map_or(0, |s| s.start);
-            c.at(offset, "", err.message().trim().to_owned());
+            c.at(offset, pending_field, err.message().trim().to_owned());
             return Err(c.diagnostics);
         }
     };
@@ -289,21 +336,31 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
         let mut toxics: Vec<ToxicSpec> = Vec::new();
         for (j, raw_toxic) in p.toxic.into_iter().enumerate() {
             let span = raw_toxic.span().start;
-            let t = raw_toxic.into_inner();
-            let attributes = t
-                .attributes
-                .map(|a| serde_json::to_value(a).unwrap_or(Value::Null));
+            let t = raw_toxic.get_ref();
+            let attributes = t.attributes.as_ref().map(|a| {
+                Value::Object(
+                    a.get_ref()
+                        .iter()
+                        .map(|(k, v)| {
+                            let v = serde_json::to_value(v.get_ref()).unwrap_or(Value::Null);
+                            (k.clone(), v)
+                        })
+                        .collect(),
+                )
+            });
             let envelope = Envelope {
-                name: t.name,
-                kind: Some(t.kind),
-                stream: t.stream,
-                toxicity: t.toxicity,
+                name: t.name.as_ref().map(|n| n.get_ref().clone()),
+                kind: Some(t.kind.get_ref().clone()),
+                stream: t.stream.as_ref().map(|s| s.get_ref().clone()),
+                toxicity: t.toxicity.as_ref().map(|x| *x.get_ref()),
                 attributes,
             };
             let field = format!("{field}.toxic[{j}]");
             match toxic_spec(envelope, &toxics) {
                 Ok(spec) => toxics.push(spec),
-                Err((sub, message)) => c.at(span, join_field(&field, &sub), message),
+                Err((sub, message)) => {
+                    c.at(t.offset_of(&sub, span), join_field(&field, &sub), message)
+                }
             }
         }
         config.proxies.push(ProxyConfig {
@@ -321,6 +378,27 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
     } else {
         Err(c.diagnostics)
     }
+}
+
+/// Formats a serde path as this module's field names (`proxy[0].toxic[1].type`), leaving out
+/// the private keys through which `toml::Spanned` deserialises.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if key.starts_with("$__serde_spanned") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
 }
 
 /// Validates a toxic the same way the API does, plus name uniqueness within the proxy.
@@ -342,7 +420,11 @@ fn toxic_spec(envelope: Envelope, siblings: &[ToxicSpec]) -> Result<ToxicSpec, (
             crate::toxic::EnvelopeError::Stream => {
                 "must be \"upstream\" or \"downstream\"".to_owned()
             }
-            other => other.to_string(),
+            // The API's "bad request body" prefix means nothing in a file.
+            crate::toxic::EnvelopeError::Toxicity(t) => {
+                format!("must be between 0 and 1, got {t}")
+            }
+            crate::toxic::EnvelopeError::Body(message) => message.clone(),
         };
         (field.to_owned(), message)
     })?;
@@ -398,11 +480,16 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
     let items: Vec<Value> = match serde_json::from_str(text) {
         Ok(items) => items,
         Err(err) => {
+            // serde_json's message ends with " at line L column C", which the prefix repeats.
+            let text = err.to_string();
+            let suffix = format!(" at line {} column {}", err.line(), err.column());
+            let message = text.strip_suffix(&suffix).unwrap_or(&text);
             c.diagnostics.push(Diagnostic {
                 line: err.line(),
-                column: err.column(),
+                // serde_json counts columns from 0 at the start of a line (after a newline).
+                column: err.column().max(1),
                 field: String::new(),
-                message: format!("{err} (expected a Toxiproxy populate array: [{{\"name\",\"listen\",\"upstream\"}}])"),
+                message: format!("{message} (expected a Toxiproxy populate array: [{{\"name\",\"listen\",\"upstream\"}}])"),
             });
             return Err(c.diagnostics);
         }
@@ -459,7 +546,10 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 for (j, t) in list.iter().enumerate() {
                     let field = format!("[{i}].toxics[{j}]");
                     let result = Envelope::from_json(t.clone())
-                        .map_err(|e| (String::new(), e.to_string()))
+                        .map_err(|e| match e {
+                            crate::toxic::EnvelopeError::Body(message) => (String::new(), message),
+                            other => (String::new(), other.to_string()),
+                        })
                         .and_then(|env| toxic_spec(env, &toxics));
                     match result {
                         Ok(spec) => toxics.push(spec),
@@ -534,7 +624,12 @@ fn element_offsets(text: &str) -> Vec<usize> {
 
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    // Spans always start on a character, but slicing inside one would panic: be safe.
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)

@@ -59,17 +59,23 @@ fn main() -> ExitCode {
             seed,
             insecure_admin,
         } => {
-            let config = match config.as_deref().map(config::load).transpose() {
+            let config_path = config;
+            let config = match config_path.as_deref().map(config::load).transpose() {
                 Ok(c) => c.unwrap_or_default(),
                 Err(err) => {
                     eprintln!("{err}");
                     return ExitCode::from(2);
                 }
             };
-            let admin = admin
-                .or(config.admin.clone())
-                .unwrap_or_else(|| config::DEFAULT_ADMIN.into());
-            let admin = match admin_addr(&admin, insecure_admin) {
+            // Name where the address came from, so an error points at what to change.
+            let (admin, origin) = match (admin, &config.admin, &config_path) {
+                (Some(a), _, _) => (a, "--admin".to_owned()),
+                (None, Some(a), Some(path)) => {
+                    (a.clone(), format!("{}: [admin] listen", path.display()))
+                }
+                (None, _, _) => (config::DEFAULT_ADMIN.to_owned(), "--admin".to_owned()),
+            };
+            let admin = match admin_addr(&admin, &origin, insecure_admin) {
                 Ok(addr) => addr,
                 Err(err) => {
                     eprintln!("fallacy: {err:#}");
@@ -119,16 +125,17 @@ fn check(file: &std::path::Path) -> ExitCode {
 }
 
 /// Resolves the admin address and refuses a non-loopback one unless explicitly allowed.
-fn admin_addr(admin: &str, insecure: bool) -> anyhow::Result<SocketAddr> {
-    config::validate_addr(admin).map_err(|e| anyhow::anyhow!("--admin: {e}"))?;
+/// `origin` names where the address came from (`--admin`, or the config file's key).
+fn admin_addr(admin: &str, origin: &str, insecure: bool) -> anyhow::Result<SocketAddr> {
+    config::validate_addr(admin).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     let addr = admin
         .to_socket_addrs()
-        .with_context(|| format!("--admin: cannot resolve {admin:?}"))?
+        .with_context(|| format!("{origin}: cannot resolve {admin:?}"))?
         .next()
-        .with_context(|| format!("--admin: {admin:?} resolves to no address"))?;
+        .with_context(|| format!("{origin}: {admin:?} resolves to no address"))?;
     if !addr.ip().is_loopback() && !insecure {
         anyhow::bail!(
-            "--admin {admin}: refusing to expose the admin API beyond loopback without a token; \
+            "{origin} {admin}: refusing to expose the admin API beyond loopback without a token; \
              pass --insecure-admin if every host that can reach it is trusted"
         );
     }
@@ -147,17 +154,20 @@ async fn serve(admin: SocketAddr, config: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let server = Server::start(listener, config, Some(prometheus), shutdown.clone()).await?;
+
+    // Handlers first, then the ready line: see `Signals`.
+    let signals = shutdown::Signals::install();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        signals.recv().await;
+        tracing::info!("signal received; draining");
+        on_signal.cancel();
+    });
+
     // Scripts wait for this line: it is printed once every configured proxy listens.
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "fallacy admin API on http://{bound}");
     let _ = stdout.flush();
-
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown::os_signal().await;
-        tracing::info!("signal received; draining");
-        on_signal.cancel();
-    });
     server.run_until_shutdown().await;
     Ok(())
 }
@@ -167,6 +177,8 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // No colour codes in log files and CI output.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

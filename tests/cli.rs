@@ -1,0 +1,372 @@
+//! The real `fallacy` binary: start-up line, exit codes and error messages.
+//!
+//! Every child runs inside a [`Child`] guard that kills it when the test ends, however it ends,
+//! and every wait is bounded. Servers bind `127.0.0.1:0` (one test binds `0.0.0.0:0` on
+//! purpose); readiness is the `fallacy admin API on http://ADDR` line, never a sleep.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Bound on start-up (the first stdout line) and on an exit that is expected.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running `fallacy`, killed on drop. Its stdout arrives line by line on a channel and its
+/// stderr is collected, both by threads, so it never blocks on a full pipe.
+struct Child {
+    child: std::process::Child,
+    stdout: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Child {
+    fn spawn(args: &[&str]) -> Child {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fallacy"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot spawn the fallacy binary");
+        let (tx, stdout) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Child {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The next stdout line, within [`WAIT`].
+    fn line(&self) -> String {
+        self.stdout.recv_timeout(WAIT).unwrap_or_else(|e| {
+            panic!(
+                "no stdout line within {WAIT:?} ({e}); stderr:\n{}",
+                self.stderr()
+            )
+        })
+    }
+
+    /// Waits for the `fallacy admin API on http://ADDR` line and returns ADDR.
+    fn admin(&self) -> SocketAddr {
+        let line = self.line();
+        let addr = line
+            .strip_prefix("fallacy admin API on http://")
+            .unwrap_or_else(|| panic!("unexpected first stdout line: {line:?}"));
+        addr.parse()
+            .unwrap_or_else(|e| panic!("{addr:?} is not an address: {e}"))
+    }
+
+    /// Waits for the process to exit, within [`WAIT`]; then stderr is complete.
+    fn exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader thread reach EOF, so stderr holds everything.
+                let until = Instant::now() + Duration::from_secs(5);
+                while Arc::strong_count(&self.stderr) > 1 && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fallacy still running after {WAIT:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything left on stdout, once the process has exited (bounded by [`WAIT`]).
+    fn rest_of_stdout(&self) -> String {
+        let mut text = String::new();
+        // The channel disconnects when the reader thread reaches EOF.
+        while let Ok(line) = self.stdout.recv_timeout(WAIT) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Waits for an exit and returns the code with stderr.
+    fn exit_code(&mut self) -> (Option<i32>, String) {
+        let status = self.exit();
+        (status.code(), self.stderr())
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A GET over a fresh connection, every step bounded; returns status and parsed JSON body.
+fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to the admin API");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read the response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    (status, body)
+}
+
+/// Writes a config file into a fresh temporary directory (removed when the guard drops).
+fn config_file(name: &str, text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    (dir, path.to_str().unwrap().to_owned())
+}
+
+#[test]
+fn serve_announces_the_admin_api_answers_and_exits_0_on_sigterm() {
+    let mut fallacy = Child::spawn(&["serve", "--admin", "127.0.0.1:0"]);
+    let admin = fallacy.admin();
+    assert!(admin.ip().is_loopback());
+    assert_ne!(admin.port(), 0, "the real port is printed");
+
+    let (status, body) = get(admin, "/version");
+    assert_eq!(status, 200);
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    let (status, body) = get(admin, "/proxies");
+    assert_eq!((status, body), (200, serde_json::json!({})));
+
+    let start = Instant::now();
+    fallacy.sigterm();
+    let (code, stderr) = fallacy.exit_code();
+    assert_eq!(
+        code,
+        Some(0),
+        "SIGTERM drains and exits 0; stderr:\n{stderr}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn serve_applies_the_proxies_and_toxics_of_a_config_file() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_dir, path) = config_file(
+        "fallacy.toml",
+        &format!(
+            r#"
+[server]
+seed = 7
+
+[[proxy]]
+name = "db"
+listen = "127.0.0.1:0"
+upstream = "{}"
+
+[[proxy.toxic]]
+name = "slow"
+type = "latency"
+stream = "upstream"
+toxicity = 0.5
+attributes = {{ latency = "250ms", jitter = 10 }}
+"#,
+            upstream.local_addr().unwrap()
+        ),
+    );
+    let fallacy = Child::spawn(&["serve", "--config", &path, "--admin", "127.0.0.1:0"]);
+    let admin = fallacy.admin();
+
+    let (status, proxies) = get(admin, "/proxies");
+    assert_eq!(status, 200);
+    let db = &proxies["db"];
+    assert_eq!(db["enabled"], true, "{proxies}");
+    let listen: SocketAddr = db["listen"].as_str().unwrap().parse().unwrap();
+    assert!(listen.ip().is_loopback());
+    assert_ne!(listen.port(), 0, "the bound port is shown, not 0: {db}");
+    assert_eq!(
+        db["toxics"],
+        serde_json::json!([{
+            "name": "slow",
+            "type": "latency",
+            "stream": "upstream",
+            "toxicity": 0.5,
+            "attributes": {"latency": 250, "jitter": 10}
+        }])
+    );
+    // The listener is really there (the line is printed once every proxy listens).
+    TcpStream::connect_timeout(&listen, WAIT).expect("the configured proxy accepts");
+}
+
+#[test]
+fn seed_is_accepted() {
+    let fallacy = Child::spawn(&["serve", "--admin", "127.0.0.1:0", "--seed", "42"]);
+    let (status, _) = get(fallacy.admin(), "/version");
+    assert_eq!(status, 200);
+
+    let mut bad = Child::spawn(&["serve", "--admin", "127.0.0.1:0", "--seed", "many"]);
+    let (code, stderr) = bad.exit_code();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--seed"), "{stderr}");
+}
+
+#[test]
+fn a_non_loopback_admin_needs_insecure_admin() {
+    let mut refused = Child::spawn(&["serve", "--admin", "0.0.0.0:0"]);
+    let (code, stderr) = refused.exit_code();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--insecure-admin"), "{stderr}");
+    assert!(stderr.contains("0.0.0.0:0"), "names the address: {stderr}");
+
+    // The same address from a config file: the message names the file and key.
+    let (_dir, path) = config_file("admin.toml", "[admin]\nlisten = \"0.0.0.0:0\"\n");
+    let mut refused = Child::spawn(&["serve", "--config", &path]);
+    let (code, stderr) = refused.exit_code();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--insecure-admin"), "{stderr}");
+    assert!(stderr.contains(&path), "names the file: {stderr}");
+
+    let allowed = Child::spawn(&["serve", "--admin", "0.0.0.0:0", "--insecure-admin"]);
+    let admin = allowed.admin();
+    assert!(admin.ip().is_unspecified(), "{admin}");
+    let loopback = SocketAddr::from(([127, 0, 0, 1], admin.port()));
+    assert_eq!(get(loopback, "/version").0, 200);
+}
+
+#[test]
+fn an_admin_address_in_use_exits_1_naming_it() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut fallacy = Child::spawn(&["serve", "--admin", &addr]);
+    let (code, stderr) = fallacy.exit_code();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&addr), "names {addr}: {stderr}");
+    assert!(stderr.contains("admin"), "{stderr}");
+}
+
+#[test]
+fn a_proxy_address_in_use_exits_1_naming_the_proxy() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (_dir, path) = config_file(
+        "busy.toml",
+        &format!("[[proxy]]\nname = \"busy\"\nlisten = \"{addr}\"\nupstream = \"127.0.0.1:9\"\n"),
+    );
+    let mut fallacy = Child::spawn(&["serve", "--config", &path, "--admin", "127.0.0.1:0"]);
+    let (code, stderr) = fallacy.exit_code();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("\"busy\""), "names the proxy: {stderr}");
+    assert!(stderr.contains(&addr.to_string()), "names {addr}: {stderr}");
+    // Nothing was announced: the proxies are bound before the line is printed.
+    assert!(fallacy.stdout.try_recv().is_err());
+}
+
+#[test]
+fn an_invalid_config_exits_2_with_file_line_and_column() {
+    let (_dir, path) = config_file(
+        "bad.toml",
+        "[[proxy]]\nname = \"db\"\nupstream = \"db:5432\"\ncolour = \"red\"\n",
+    );
+    for args in [
+        vec!["serve", "--config", &path, "--admin", "127.0.0.1:0"],
+        vec!["check", &path],
+    ] {
+        let mut fallacy = Child::spawn(&args);
+        let (code, stderr) = fallacy.exit_code();
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{path}:4:1: proxy[0].colour: unknown field `colour`"
+            )),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    let mut missing = Child::spawn(&["serve", "--config", "/nonexistent/fallacy.toml"]);
+    let (code, stderr) = missing.exit_code();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("/nonexistent/fallacy.toml"), "{stderr}");
+}
+
+#[test]
+fn help_works_and_usage_errors_exit_2() {
+    let mut help = Child::spawn(&["--help"]);
+    assert_eq!(help.exit().code(), Some(0));
+    let usage = help.rest_of_stdout();
+    for word in ["serve", "check", "Usage"] {
+        assert!(usage.contains(word), "--help lacks {word:?}:\n{usage}");
+    }
+
+    let mut serve_help = Child::spawn(&["serve", "--help"]);
+    assert_eq!(serve_help.exit().code(), Some(0));
+    let text = serve_help.rest_of_stdout();
+    for flag in ["--config", "--admin", "--seed", "--insecure-admin"] {
+        assert!(text.contains(flag), "serve --help lacks {flag}:\n{text}");
+    }
+
+    for args in [
+        &["frobnicate"][..],
+        &[][..],
+        &["serve", "--no-such-flag"][..],
+        &["check"][..],
+    ] {
+        let mut fallacy = Child::spawn(args);
+        let (code, stderr) = fallacy.exit_code();
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.is_empty(), "{args:?} says why");
+    }
+}
