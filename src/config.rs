@@ -406,18 +406,17 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
 fn toxic_spec(envelope: Envelope, siblings: &[ToxicSpec]) -> Result<ToxicSpec, (String, String)> {
     let head = envelope.head().map_err(|e| {
         let field = match e {
-            crate::toxic::EnvelopeError::Stream => "stream",
-            crate::toxic::EnvelopeError::Type => "type",
+            crate::toxic::EnvelopeError::Stream(_) => "stream",
+            crate::toxic::EnvelopeError::Type(_) => "type",
             crate::toxic::EnvelopeError::Toxicity(_) => "toxicity",
             crate::toxic::EnvelopeError::Body(_) => "",
         };
         let message = match e {
-            crate::toxic::EnvelopeError::Type => format!(
-                "unknown toxic type {:?}; known types: {}",
-                envelope.kind.clone().unwrap_or_default(),
+            crate::toxic::EnvelopeError::Type(given) => format!(
+                "unknown toxic type {given:?}; known types: {}",
                 crate::toxic::TOXIC_TYPES.join(", ")
             ),
-            crate::toxic::EnvelopeError::Stream => {
+            crate::toxic::EnvelopeError::Stream(_) => {
                 "must be \"upstream\" or \"downstream\"".to_owned()
             }
             // The API's "bad request body" prefix means nothing in a file.

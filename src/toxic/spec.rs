@@ -154,12 +154,12 @@ pub enum EnvelopeError {
     /// Not an object, or a field of the wrong JSON type.
     #[error("bad request body: {0}")]
     Body(String),
-    /// Stream not upstream/downstream.
-    #[error("stream was invalid, can be either upstream or downstream")]
-    Stream,
-    /// Type unknown.
-    #[error("invalid toxic type")]
-    Type,
+    /// Stream not upstream/downstream (Toxiproxy's message, then the value given).
+    #[error("stream was invalid, can be either upstream or downstream (got {0:?})")]
+    Stream(String),
+    /// Type unknown (Toxiproxy's message, then the value given and the known types).
+    #[error("invalid toxic type {0:?}: known types are {known}", known = TOXIC_TYPES.join(", "))]
+    Type(String),
     /// Toxicity outside 0..=1 (Toxiproxy does not check; a toxicity of 3 is always a mistake).
     #[error("bad request body: toxicity must be between 0 and 1, got {0}")]
     Toxicity(f32),
@@ -204,10 +204,11 @@ impl Envelope {
             .stream
             .clone()
             .unwrap_or_else(|| "downstream".to_owned());
-        let direction = Direction::parse(&stream).ok_or(EnvelopeError::Stream)?;
+        let direction =
+            Direction::parse(&stream).ok_or_else(|| EnvelopeError::Stream(stream.clone()))?;
         let type_name = self.kind.clone().unwrap_or_default();
         if !TOXIC_TYPES.contains(&type_name.as_str()) {
-            return Err(EnvelopeError::Type);
+            return Err(EnvelopeError::Type(type_name));
         }
         let toxicity = self.toxicity.unwrap_or(1.0);
         if !(0.0..=1.0).contains(&toxicity) {

@@ -239,9 +239,12 @@ fn durations_show_as_whole_milliseconds_or_fractions() {
 #[test]
 fn envelope_checks_stream_before_type_and_defaults_the_name() {
     let env = Envelope::from_json(json!({"TYPE": "nope", "Stream": "sideways"})).unwrap();
-    assert_eq!(env.head().unwrap_err(), EnvelopeError::Stream);
+    assert_eq!(
+        env.head().unwrap_err(),
+        EnvelopeError::Stream("sideways".into())
+    );
     let env = Envelope::from_json(json!({"type": "nope"})).unwrap();
-    assert_eq!(env.head().unwrap_err(), EnvelopeError::Type);
+    assert_eq!(env.head().unwrap_err(), EnvelopeError::Type("nope".into()));
     let env = Envelope::from_json(json!({"type": "slicer", "stream": "UpStream"})).unwrap();
     let head = env.head().unwrap();
     assert_eq!(
