@@ -26,10 +26,9 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
-pub(crate) use spec::describe_json;
 pub use spec::{
     AttrError, Direction, Envelope, EnvelopeError, Head, Micros, Millis, TOXIC_TYPES, ToxicKind,
-    ToxicPatch, ToxicSpec, lowercase_keys,
+    ToxicPatch, ToxicSpec, decode_object, lowercase_keys,
 };
 
 /// A piece of the stream on its way through a chain, with the earliest instant it may be written.

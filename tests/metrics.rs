@@ -11,7 +11,7 @@ use fallacy::Server;
 use fallacy::config::Config;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
-use support::{Echo, connect, dead_addr, read_to_end, round_trip};
+use support::{Echo, assert_closed, connect, dead_addr, round_trip};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -147,12 +147,7 @@ async fn unreachable_upstreams_are_counted() {
     let addr = f.proxy("dead", dead_addr().await).await;
     for _ in 0..2 {
         let mut s = connect(addr).await;
-        assert!(
-            read_to_end(&mut s, Duration::from_secs(5))
-                .await
-                .unwrap_or_default()
-                .is_empty()
-        );
+        assert_closed(&mut s, Duration::from_secs(5)).await;
     }
     f.expect(
         r#"fallacy_upstream_connect_errors_total{proxy="dead"}"#,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use fallacy::config::Config;
 use serde_json::json;
-use support::{Echo, Fallacy, connect, read_exact, read_to_end};
+use support::{Echo, Fallacy, assert_closed, connect, read_exact, read_to_end};
 use tokio::io::AsyncWriteExt;
 
 async fn setup(grace: Duration, latency_ms: u64) -> (Fallacy, Echo, std::net::SocketAddr) {
@@ -68,10 +68,7 @@ async fn connections_still_open_after_the_grace_period_are_closed() {
     s.write_all(b"never").await.unwrap();
     let start = Instant::now();
     f.server.shutdown.cancel();
-    let got = read_to_end(&mut s, Duration::from_secs(5))
-        .await
-        .unwrap_or_default();
-    assert!(got.is_empty());
+    assert_closed(&mut s, Duration::from_secs(5)).await;
     let took = start.elapsed();
     assert!(
         took >= Duration::from_millis(290) && took < Duration::from_secs(3),

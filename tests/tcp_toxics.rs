@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use fallacy::config::Config;
 use rstest::rstest;
 use serde_json::{Value, json};
-use support::{Echo, Fallacy, Silent, connect, random_bytes, read_exact, read_to_end, round_trip};
+use support::{
+    Echo, Fallacy, Silent, assert_closed, connect, random_bytes, read_exact, read_to_end,
+    round_trip,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Slack allowed on top of a requested delay before a test calls it wrong.
@@ -213,10 +216,7 @@ async fn timeout_zero_holds_until_removed_then_closes() {
         204
     );
     // The bytes it dropped cannot be given back: the connection closes.
-    let got = read_to_end(&mut s, Duration::from_secs(2))
-        .await
-        .unwrap_or_default();
-    assert!(got.is_empty());
+    assert_closed(&mut s, Duration::from_secs(2)).await;
 }
 
 #[tokio::test]
@@ -392,10 +392,7 @@ async fn disabling_closes_open_connections_and_enabling_serves_again() {
             .0,
         200
     );
-    let got = read_to_end(&mut s, Duration::from_secs(2))
-        .await
-        .unwrap_or_default();
-    assert!(got.is_empty());
+    assert_closed(&mut s, Duration::from_secs(2)).await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     assert_eq!(
         f.call("PATCH", "/proxies/p", Some(r#"{"enabled": true}"#))
@@ -413,10 +410,7 @@ async fn deleting_closes_open_connections() {
     let mut s = connect(addr).await;
     round_trip(&mut s, b"hi").await;
     assert_eq!(f.call_raw("DELETE", "/proxies/p", None).await.0, 204);
-    let got = read_to_end(&mut s, Duration::from_secs(2))
-        .await
-        .unwrap_or_default();
-    assert!(got.is_empty());
+    assert_closed(&mut s, Duration::from_secs(2)).await;
 }
 
 #[tokio::test]
@@ -425,19 +419,11 @@ async fn unreachable_upstream_closes_the_client() {
     let addr = f.proxy("p", support::dead_addr().await).await;
     let mut s = connect(addr).await;
     let start = Instant::now();
-    let got = read_to_end(&mut s, Duration::from_secs(5))
-        .await
-        .unwrap_or_default();
-    assert!(got.is_empty());
+    assert_closed(&mut s, Duration::from_secs(5)).await;
     assert!(start.elapsed() < Duration::from_secs(2));
     // The proxy still serves: the listener did not die.
     let mut s = connect(addr).await;
-    assert!(
-        read_to_end(&mut s, Duration::from_secs(5))
-            .await
-            .unwrap_or_default()
-            .is_empty()
-    );
+    assert_closed(&mut s, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::Error;
 use crate::state::{NewProxy, ProxyPatch, ProxyView};
-use crate::toxic::{ToxicSpec, describe_json, lowercase_keys};
+use crate::toxic::{ToxicSpec, decode_object};
 
 use crate::proxy::DEFAULT_LISTEN;
 
@@ -52,16 +52,7 @@ pub struct ProxyIn {
 impl ProxyIn {
     /// Decodes one proxy object (keys case-insensitive; `null` is an empty object).
     pub fn from_value(value: Value) -> Result<ProxyIn, Error> {
-        match lowercase_keys(value) {
-            Value::Null => Ok(ProxyIn::default()),
-            v @ Value::Object(_) => {
-                serde_path_to_error::deserialize(v).map_err(|e| Error::BadBody(e.to_string()))
-            }
-            other => Err(Error::BadBody(format!(
-                "expected a JSON object, got {}",
-                describe_json(&other)
-            ))),
-        }
+        decode_object(value).map_err(Error::BadBody)
     }
 
     /// As a new proxy (enabled unless it says otherwise). Missing fields are left empty for

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -185,17 +186,7 @@ impl Envelope {
     /// Decodes a request body: keys match case-insensitively, unknown keys are ignored, `null`
     /// is an empty object (as with Go's decoder).
     pub fn from_json(body: Value) -> Result<Envelope, EnvelopeError> {
-        let body = match body {
-            Value::Null => return Ok(Envelope::default()),
-            Value::Object(map) => Value::Object(lowercase_map(map)),
-            other => {
-                return Err(EnvelopeError::Body(format!(
-                    "expected a JSON object, got {}",
-                    describe_json(&other)
-                )));
-            }
-        };
-        serde_path_to_error::deserialize(body).map_err(|e| EnvelopeError::Body(e.to_string()))
+        decode_object(body).map_err(EnvelopeError::Body)
     }
 
     /// Checks stream then type, fills in the defaults.
@@ -260,18 +251,7 @@ pub struct ToxicPatch {
 impl ToxicPatch {
     /// Decodes an update body with the same leniency as [`Envelope::from_json`].
     pub fn from_json(body: Value) -> Result<ToxicPatch, EnvelopeError> {
-        let body = match body {
-            Value::Null => return Ok(ToxicPatch::default()),
-            Value::Object(map) => Value::Object(lowercase_map(map)),
-            other => {
-                return Err(EnvelopeError::Body(format!(
-                    "expected a JSON object, got {}",
-                    describe_json(&other)
-                )));
-            }
-        };
-        let patch: ToxicPatch = serde_path_to_error::deserialize(body)
-            .map_err(|e| EnvelopeError::Body(e.to_string()))?;
+        let patch: ToxicPatch = decode_object(body).map_err(EnvelopeError::Body)?;
         if let Some(t) = patch.toxicity {
             if !(0.0..=1.0).contains(&t) {
                 return Err(EnvelopeError::Toxicity(t));
@@ -559,6 +539,21 @@ impl<'de> Deserialize<'de> for Micros {
     }
 }
 
+/// Decodes a JSON object the way Go's `encoding/json` does for Toxiproxy: keys match
+/// case-insensitively, unknown keys are ignored, `null` gives the defaults. The error names the
+/// field at fault.
+pub fn decode_object<T: DeserializeOwned + Default>(body: Value) -> Result<T, String> {
+    match body {
+        Value::Null => Ok(T::default()),
+        Value::Object(map) => serde_path_to_error::deserialize(Value::Object(lowercase_map(map)))
+            .map_err(|e| e.to_string()),
+        other => Err(format!(
+            "expected a JSON object, got {}",
+            describe_json(&other)
+        )),
+    }
+}
+
 /// Lower-cases the keys of a JSON object, keeping the last of keys that collide (Go's
 /// case-insensitive matching lets the last one win too).
 pub fn lowercase_map(map: Map<String, Value>) -> Map<String, Value> {
@@ -575,7 +570,7 @@ pub fn lowercase_keys(value: Value) -> Value {
     }
 }
 
-pub(crate) fn describe_json(v: &Value) -> &'static str {
+fn describe_json(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

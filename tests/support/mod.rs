@@ -216,6 +216,16 @@ pub async fn read_to_end(s: &mut TcpStream, within: Duration) -> std::io::Result
     Ok(out)
 }
 
+/// Asserts the peer closes (FIN or RST) without sending anything, within `within`.
+pub async fn assert_closed(s: &mut TcpStream, within: Duration) {
+    let got = read_to_end(s, within).await.unwrap_or_default();
+    assert!(
+        got.is_empty(),
+        "expected a close with no data, got {} bytes",
+        got.len()
+    );
+}
+
 /// Reads exactly `n` bytes within `within`.
 pub async fn read_exact(s: &mut TcpStream, n: usize, within: Duration) -> Vec<u8> {
     let mut buf = vec![0u8; n];
