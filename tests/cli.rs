@@ -26,8 +26,25 @@ struct Child {
 
 impl Child {
     fn spawn(args: &[&str]) -> Child {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fallacy"))
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fallacy"));
+        command.args(args);
+        Child::start(command)
+    }
+
+    /// Runs the binary under `ulimit -n limit` (through sh, which then execs it, so the PID is
+    /// fallacy's own).
+    fn spawn_with_fd_limit(limit: u32, args: &[&str]) -> Child {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_fallacy"))
+            .args(args);
+        Child::start(command)
+    }
+
+    fn start(mut command: Command) -> Child {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -368,5 +385,86 @@ fn help_works_and_usage_errors_exit_2() {
         let (code, stderr) = fallacy.exit_code();
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(!stderr.is_empty(), "{args:?} says why");
+    }
+}
+
+/// File-descriptor exhaustion slows the proxy down but never kills its listener: once the
+/// descriptors are free again, the same listener serves.
+#[test]
+fn the_listener_survives_file_descriptor_exhaustion() {
+    // An echo upstream in this process (not under the limit).
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        upstream.set_nonblocking(true).unwrap();
+        while Instant::now() < deadline {
+            match upstream.accept() {
+                Ok((mut s, _)) => {
+                    std::thread::spawn(move || {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                        let mut buf = [0u8; 1024];
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    let config = format!(
+        "[[proxy]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream_addr}\"\n"
+    );
+    let (_dir, path) = config_file("fd.toml", &config);
+    let fallacy =
+        Child::spawn_with_fd_limit(64, &["serve", "--admin", "127.0.0.1:0", "--config", &path]);
+    let admin = fallacy.admin();
+    let (_, proxy) = get(admin, "/proxies/p");
+    let listen: SocketAddr = proxy["listen"].as_str().unwrap().parse().unwrap();
+
+    let echo = |s: &mut TcpStream| -> bool {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 4];
+        s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+    };
+    // Each proxied connection holds two descriptors: 60 connections exhaust 64, so accept
+    // itself fails with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        if let Ok(s) = TcpStream::connect_timeout(&listen, Duration::from_millis(300)) {
+            held.push(s);
+        }
+    }
+    // Wait (bounded) until accept itself has failed for want of descriptors.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fallacy.stderr().contains("accept failed") {
+        assert!(
+            Instant::now() < deadline,
+            "the limit was never reached ({} connections held)",
+            held.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(held);
+
+    // Descriptors free up; the same listener serves again (it backs off, so allow a moment).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = TcpStream::connect_timeout(&listen, Duration::from_secs(2)) {
+            if echo(&mut s) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "listener never recovered; stderr:\n{}",
+            fallacy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
