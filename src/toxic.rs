@@ -12,6 +12,7 @@
 //! longer how-to.
 
 mod bandwidth;
+pub mod distribution;
 mod latency;
 mod limit_data;
 mod reset_peer;
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
+pub use latency::{DISTRIBUTIONS, LatencyModel};
 pub use spec::{
     AttrError, Direction, Envelope, EnvelopeError, Head, Micros, Millis, TOXIC_TYPES, ToxicKind,
     ToxicPatch, ToxicSpec, decode_object, lowercase_keys,

@@ -1,51 +1,388 @@
-//! `latency`: every chunk waits `latency` ± `jitter`.
+//! `latency`: every chunk waits for a delay drawn from a distribution.
 //!
-//! The delay counts from the moment the chunk was read, not from when the previous chunk left,
-//! so a stream under latency keeps its throughput (the chunks are pipelined).
+//! Without `distribution` it is Toxiproxy's toxic: `latency` ± uniform `jitter`. The delay
+//! counts from the moment the chunk was read, not from when the previous chunk left, so a stream
+//! under latency keeps its throughput (the chunks are pipelined).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
+use super::distribution::{Distribution, Sampler};
+use super::spec::{AttrError, LatencyAttrs, Millis};
+use super::{Chunk, Toxic, ToxicCx, ToxicKind, Verdict};
+use crate::units::parse_duration;
 
-use super::spec::LatencyAttrs;
-use super::{Chunk, Toxic, ToxicCx, Verdict};
+/// The distributions `distribution` accepts.
+pub const DISTRIBUTIONS: &[&str] = &[
+    "constant",
+    "uniform",
+    "normal",
+    "lognormal",
+    "pareto",
+    "exponential",
+    "empirical",
+];
+
+/// Validated latency settings, shared by every connection of a toxic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyModel {
+    dist: Distribution,
+    /// Clamps, in ms.
+    min: Option<f64>,
+    max: Option<f64>,
+    correlation: f64,
+    per_connection: bool,
+    /// Microseconds per 1000 bytes.
+    per_kb_us: f64,
+}
+
+fn bad(path: &str, message: impl Into<String>) -> AttrError {
+    AttrError {
+        path: format!("attributes.{path}"),
+        message: message.into(),
+    }
+}
+
+fn required(value: Option<Millis>, name: &str, dist: &str) -> Result<f64, AttrError> {
+    value
+        .map(Millis::as_ms)
+        .ok_or_else(|| bad(name, format!("required by distribution {dist:?}")))
+}
+
+fn show(ms: f64) -> String {
+    format!("{ms}ms")
+}
+
+fn finite(value: Option<f64>, name: &str) -> Result<Option<f64>, AttrError> {
+    match value {
+        Some(v) if !v.is_finite() => Err(bad(name, format!("must be a finite number, got {v}"))),
+        other => Ok(other),
+    }
+}
+
+impl LatencyModel {
+    /// Checks the attributes and builds the model. Every error names the attribute and what it
+    /// accepts.
+    pub fn build(a: &LatencyAttrs) -> Result<LatencyModel, AttrError> {
+        let nonneg = |v: f64, name: &str| {
+            if v < 0.0 {
+                Err(bad(name, format!("must not be negative, got {}", show(v))))
+            } else {
+                Ok(v)
+            }
+        };
+        let dist = match a.distribution.as_deref() {
+            // Toxiproxy's model: negative values are accepted (and mean no delay).
+            None => {
+                let (l, j) = (a.latency.as_ms(), a.jitter.as_ms().max(0.0));
+                if j > 0.0 {
+                    Distribution::Uniform {
+                        min: l - j,
+                        max: l + j,
+                    }
+                } else {
+                    Distribution::Constant(l)
+                }
+            }
+            Some("constant") => Distribution::Constant(nonneg(a.latency.as_ms(), "latency")?),
+            Some("uniform") => {
+                let min = nonneg(required(a.min, "min", "uniform")?, "min")?;
+                let max = required(a.max, "max", "uniform")?;
+                if max < min {
+                    return Err(bad(
+                        "max",
+                        format!("must be at least min ({}), got {}", show(min), show(max)),
+                    ));
+                }
+                Distribution::Uniform { min, max }
+            }
+            Some("normal") => Distribution::Normal {
+                mean: nonneg(required(a.mean, "mean", "normal")?, "mean")?,
+                stddev: nonneg(required(a.stddev, "stddev", "normal")?, "stddev")?,
+            },
+            Some("lognormal") => {
+                match (a.p50, a.p99, finite(a.mu, "mu")?, finite(a.sigma, "sigma")?) {
+                    (Some(p50), Some(p99), _, _) => {
+                        let (p50, p99) = (p50.as_ms(), p99.as_ms());
+                        if p50 <= 0.0 {
+                            return Err(bad(
+                                "p50",
+                                format!("must be greater than 0, got {}", show(p50)),
+                            ));
+                        }
+                        if p99 < p50 {
+                            return Err(bad(
+                                "p99",
+                                format!("must be at least p50 ({}), got {}", show(p50), show(p99)),
+                            ));
+                        }
+                        Distribution::lognormal_from_quantiles(p50, p99)
+                    }
+                    (None, None, Some(mu), Some(sigma)) => {
+                        if sigma < 0.0 {
+                            return Err(bad("sigma", format!("must not be negative, got {sigma}")));
+                        }
+                        Distribution::LogNormal { mu, sigma }
+                    }
+                    (Some(_), None, _, _) => {
+                        return Err(bad(
+                            "p99",
+                            "required with p50 by distribution \"lognormal\"",
+                        ));
+                    }
+                    (None, Some(_), _, _) => {
+                        return Err(bad(
+                            "p50",
+                            "required with p99 by distribution \"lognormal\"",
+                        ));
+                    }
+                    _ => {
+                        return Err(bad(
+                            "p50",
+                            "distribution \"lognormal\" needs p50 and p99, or mu and sigma",
+                        ));
+                    }
+                }
+            }
+            Some("pareto") => {
+                let scale = required(a.scale, "scale", "pareto")?;
+                if scale <= 0.0 {
+                    return Err(bad(
+                        "scale",
+                        format!("must be greater than 0, got {}", show(scale)),
+                    ));
+                }
+                let shape = finite(a.shape, "shape")?
+                    .ok_or_else(|| bad("shape", "required by distribution \"pareto\""))?;
+                if shape <= 0.0 {
+                    return Err(bad("shape", format!("must be greater than 0, got {shape}")));
+                }
+                Distribution::Pareto { scale, shape }
+            }
+            Some("exponential") => {
+                let mean = required(a.mean, "mean", "exponential")?;
+                if mean <= 0.0 {
+                    return Err(bad(
+                        "mean",
+                        format!("must be greater than 0, got {}", show(mean)),
+                    ));
+                }
+                Distribution::Exponential { mean }
+            }
+            Some("empirical") => Distribution::Empirical(Arc::new(empirical(a)?)),
+            Some(other) => {
+                return Err(bad(
+                    "distribution",
+                    format!(
+                        "unknown distribution {other:?}; use one of {}",
+                        DISTRIBUTIONS.join(", ")
+                    ),
+                ));
+            }
+        };
+        let min = a
+            .min
+            .map(Millis::as_ms)
+            .filter(|_| a.distribution.as_deref() != Some("uniform"));
+        let max = a
+            .max
+            .map(Millis::as_ms)
+            .filter(|_| a.distribution.as_deref() != Some("uniform"));
+        if let (Some(lo), Some(hi)) = (min, max) {
+            if hi < lo {
+                return Err(bad(
+                    "max",
+                    format!("must be at least min ({}), got {}", show(lo), show(hi)),
+                ));
+            }
+        }
+        let correlation = finite(a.correlation, "correlation")?.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&correlation) {
+            return Err(bad(
+                "correlation",
+                format!("must be within 0..1, got {correlation}"),
+            ));
+        }
+        let per_connection = match a.per.as_deref() {
+            None | Some("chunk") => false,
+            Some("connection") => true,
+            Some("request") => {
+                return Err(bad(
+                    "per",
+                    "\"request\" applies to HTTP proxies, which this proxy is not; use \"chunk\" or \"connection\"",
+                ));
+            }
+            Some(other) => {
+                return Err(bad(
+                    "per",
+                    format!("must be \"chunk\" or \"connection\", got {other:?}"),
+                ));
+            }
+        };
+        let per_kb_us = finite(a.per_byte, "per_byte")?.unwrap_or(0.0);
+        if per_kb_us < 0.0 {
+            return Err(bad(
+                "per_byte",
+                format!("must not be negative, got {per_kb_us}"),
+            ));
+        }
+        Ok(LatencyModel {
+            dist,
+            min,
+            max,
+            correlation,
+            per_connection,
+            per_kb_us,
+        })
+    }
+
+    /// The distribution (before clamps).
+    pub fn distribution(&self) -> &Distribution {
+        &self.dist
+    }
+}
+
+/// Empirical samples from `samples` or `file`, sorted, all non-negative.
+fn empirical(a: &LatencyAttrs) -> Result<Vec<f64>, AttrError> {
+    let mut values: Vec<f64> = match (&a.samples, &a.file) {
+        (Some(samples), _) => {
+            for (i, s) in samples.iter().enumerate() {
+                if s.0 < 0 {
+                    return Err(bad(
+                        &format!("samples[{i}]"),
+                        format!("must not be negative, got {}", show(s.as_ms())),
+                    ));
+                }
+            }
+            samples.iter().map(|s| s.as_ms()).collect()
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad("file", format!("cannot read {path:?}: {e}")))?;
+            let mut values = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let ms = match line.parse::<f64>() {
+                    Ok(ms) if ms.is_finite() && ms >= 0.0 => ms,
+                    Ok(_) => {
+                        return Err(bad(
+                            "file",
+                            format!(
+                                "{path}:{}: {line:?} is not a delay (non-negative milliseconds)",
+                                n + 1
+                            ),
+                        ));
+                    }
+                    Err(_) => {
+                        parse_duration(line)
+                            .map_err(|e| bad("file", format!("{path}:{}: {e}", n + 1)))?
+                            .as_secs_f64()
+                            * 1e3
+                    }
+                };
+                values.push(ms);
+            }
+            values
+        }
+        (None, None) => {
+            return Err(bad(
+                "samples",
+                "distribution \"empirical\" needs samples = [...] or file = \"path\"",
+            ));
+        }
+    };
+    if values.is_empty() {
+        let source = a
+            .file
+            .as_deref()
+            .map_or("samples".to_owned(), |f| format!("file {f:?}"));
+        return Err(bad(
+            if a.samples.is_some() {
+                "samples"
+            } else {
+                "file"
+            },
+            format!("{source} has no samples"),
+        ));
+    }
+    values.sort_by(f64::total_cmp);
+    Ok(values)
+}
 
 #[derive(Debug)]
 pub(super) struct Latency {
-    latency_ns: i64,
-    jitter_ns: i64,
+    model: Arc<LatencyModel>,
+    sampler: Sampler,
+    /// For `per = "connection"`: the first chunk has had its delay.
+    delayed_once: bool,
 }
 
 impl Latency {
     pub(super) fn new(attrs: &LatencyAttrs) -> Latency {
+        let model = attrs.model.clone().unwrap_or_else(|| {
+            // Attributes built in code rather than decoded: Toxiproxy's model cannot fail.
+            Arc::new(
+                LatencyModel::build(&LatencyAttrs {
+                    latency: attrs.latency,
+                    jitter: attrs.jitter,
+                    ..LatencyAttrs::default()
+                })
+                .unwrap_or(LatencyModel {
+                    dist: Distribution::Constant(0.0),
+                    min: None,
+                    max: None,
+                    correlation: 0.0,
+                    per_connection: false,
+                    per_kb_us: 0.0,
+                }),
+            )
+        });
+        let sampler = Sampler::new(model.dist.clone(), model.correlation);
         Latency {
-            latency_ns: attrs.latency.0,
-            jitter_ns: attrs.jitter.0,
+            model,
+            sampler,
+            delayed_once: false,
         }
     }
 
-    /// Toxiproxy's rule: latency plus a uniform draw in [-jitter, +jitter]; a negative total
-    /// (or negative attributes, which Toxiproxy accepts) means no delay.
-    pub(super) fn draw(&self, cx: &mut ToxicCx) -> Duration {
-        let jitter = if self.jitter_ns > 0 {
-            cx.rng.random_range(-self.jitter_ns..=self.jitter_ns)
-        } else {
-            0
-        };
-        super::nonneg_nanos(self.latency_ns.saturating_add(jitter))
+    /// One delay for a chunk of `len` bytes.
+    pub(super) fn draw(&mut self, len: usize, cx: &mut ToxicCx) -> Duration {
+        let m = &self.model;
+        let mut ms = self.sampler.next(&mut cx.rng);
+        if let Some(lo) = m.min {
+            ms = ms.max(lo);
+        }
+        if let Some(hi) = m.max {
+            ms = ms.min(hi);
+        }
+        ms += m.per_kb_us * len as f64 / 1e6;
+        // Negative (normal draws, Toxiproxy's negative latency) means no delay; cap far away.
+        Duration::from_secs_f64((ms / 1e3).clamp(0.0, 1e9))
     }
 }
 
 impl Toxic for Latency {
     fn on_chunk(&mut self, mut chunk: Chunk, cx: &mut ToxicCx, out: &mut Vec<Chunk>) -> Verdict {
-        chunk.at += self.draw(cx);
+        if !(self.model.per_connection && self.delayed_once) {
+            chunk.at += self.draw(chunk.data.len(), cx);
+            self.delayed_once = true;
+        } else if self.model.per_kb_us > 0.0 {
+            chunk.at +=
+                Duration::from_secs_f64(self.model.per_kb_us * chunk.data.len() as f64 / 1e9);
+        }
         out.push(chunk);
         Verdict::Continue
     }
 
-    fn reconfigure(&mut self, kind: &super::ToxicKind) -> bool {
-        if let super::ToxicKind::Latency(attrs) = kind {
+    fn reconfigure(&mut self, kind: &ToxicKind) -> bool {
+        if let ToxicKind::Latency(attrs) = kind {
+            let delayed_once = self.delayed_once;
             *self = Latency::new(attrs);
+            // A connection that already had its one delay does not get another.
+            self.delayed_once = delayed_once;
             true
         } else {
             false

@@ -7,6 +7,7 @@
 //! attributes.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use super::latency::LatencyModel;
 use super::{
     Noop, Toxic, bandwidth::Bandwidth, latency::Latency, limit_data::LimitData,
     reset_peer::ResetPeer, slicer::Slicer, slow_close::SlowClose, timeout::Timeout,
@@ -272,7 +274,8 @@ pub struct AttrError {
 }
 
 impl AttrError {
-    fn new(path: &str, message: &str) -> AttrError {
+    /// An error about `path` (e.g. `attributes.p99`).
+    pub fn new(path: &str, message: &str) -> AttrError {
         AttrError {
             path: path.to_owned(),
             message: message.to_owned(),
@@ -301,14 +304,65 @@ pub enum ToxicKind {
     Noop(NoopAttrs),
 }
 
-/// `latency` attributes.
+/// `latency` attributes: Toxiproxy's two, then fallacy's extensions, shown only when set.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LatencyAttrs {
-    /// Base delay.
+    /// Base delay (and the value of `distribution = "constant"`).
     pub latency: Millis,
-    /// Uniform spread either side of `latency`.
+    /// Uniform spread either side of `latency` (Toxiproxy's model, used without `distribution`).
     pub jitter: Millis,
+    /// `constant`, `uniform`, `normal`, `lognormal`, `pareto`, `exponential` or `empirical`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<String>,
+    /// Uniform's lower bound; a clamp for the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<Millis>,
+    /// Uniform's upper bound; a clamp for the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<Millis>,
+    /// Normal and exponential mean.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Millis>,
+    /// Normal standard deviation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stddev: Option<Millis>,
+    /// Lognormal median.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50: Option<Millis>,
+    /// Lognormal 99th percentile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99: Option<Millis>,
+    /// Lognormal μ: the natural log of the median in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mu: Option<f64>,
+    /// Lognormal σ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma: Option<f64>,
+    /// Pareto minimum.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<Millis>,
+    /// Pareto tail index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape: Option<f64>,
+    /// Empirical samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<Vec<Millis>>,
+    /// Empirical samples from a file: one per line, milliseconds or a duration with a unit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// 0..1: how much each delay follows the previous one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<f64>,
+    /// `chunk` (default: every chunk waits) or `connection` (only the first chunk each way).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per: Option<String>,
+    /// Transport cost: extra microseconds per 1000 bytes of each chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_byte: Option<f64>,
+    /// The validated model, built when the attributes are decoded.
+    #[serde(skip)]
+    pub(crate) model: Option<Arc<LatencyModel>>,
 }
 
 /// `bandwidth` attributes.
@@ -390,7 +444,11 @@ impl ToxicKind {
             })
         }
         Ok(match type_name {
-            "latency" => ToxicKind::Latency(de(attributes)?),
+            "latency" => {
+                let mut attrs: LatencyAttrs = de(attributes)?;
+                attrs.model = Some(Arc::new(LatencyModel::build(&attrs)?));
+                ToxicKind::Latency(attrs)
+            }
             "bandwidth" => ToxicKind::Bandwidth(de(attributes)?),
             "slow_close" => ToxicKind::SlowClose(de(attributes)?),
             "timeout" => ToxicKind::Timeout(de(attributes)?),
@@ -456,6 +514,11 @@ impl Millis {
     /// The duration, negative values read as zero.
     pub fn duration(self) -> Duration {
         super::nonneg_nanos(self.0)
+    }
+
+    /// Milliseconds as a float (negative kept).
+    pub fn as_ms(self) -> f64 {
+        self.0 as f64 / 1e6
     }
 }
 

@@ -32,10 +32,12 @@ fn ms(n: i64) -> Millis {
 proptest! {
     #[test]
     fn latency_stays_within_jitter_bounds(latency in -50i64..5000, jitter in 0i64..2000, seed: u64) {
-        let t = latency::Latency::new(&LatencyAttrs { latency: ms(latency), jitter: ms(jitter) });
+        let mut t = latency::Latency::new(&LatencyAttrs {
+            latency: ms(latency), jitter: ms(jitter), ..LatencyAttrs::default()
+        });
         let mut cx = cx(seed);
         for _ in 0..50 {
-            let d = t.draw(&mut cx);
+            let d = t.draw(0, &mut cx);
             let lo = Duration::from_millis((latency - jitter).max(0) as u64);
             let hi = Duration::from_millis((latency + jitter).max(0) as u64);
             prop_assert!(d >= lo && d <= hi, "{d:?} not in [{lo:?}, {hi:?}]");
@@ -195,10 +197,7 @@ fn patch_merges_attributes_case_insensitively_and_keeps_on_error() {
         stream: "downstream".into(),
         direction: Direction::Downstream,
         toxicity: 1.0,
-        kind: ToxicKind::Latency(LatencyAttrs {
-            latency: ms(100),
-            jitter: ms(10),
-        }),
+        kind: ToxicKind::decode("latency", json!({"latency": 100, "jitter": 10})).unwrap(),
     };
     let patch = ToxicPatch {
         attributes: Some(json!({"Jitter": 20, "latency": null})),
@@ -207,10 +206,7 @@ fn patch_merges_attributes_case_insensitively_and_keeps_on_error() {
     let new = spec.patched(&patch).unwrap();
     assert_eq!(
         new.kind,
-        ToxicKind::Latency(LatencyAttrs {
-            latency: ms(100),
-            jitter: ms(20)
-        })
+        ToxicKind::decode("latency", json!({"latency": 100, "jitter": 20})).unwrap()
     );
     let bad = ToxicPatch {
         attributes: Some(json!({"latency": 1.5})),
