@@ -12,6 +12,7 @@
 //! | [`admin`] | the HTTP admin API (axum) |
 //! | [`metrics`] | metric names, help texts, data-path helpers |
 //! | [`shutdown`] | OS signals |
+//! | [`timer`] | sub-millisecond sleeps for delays |
 //! | [`units`] | human-readable durations |
 //!
 //! [`run`] ties them together; `main.rs` only parses the command line, binds and calls it.
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod shutdown;
 pub mod state;
+pub mod timer;
 pub mod toxic;
 pub mod units;
 

@@ -256,7 +256,7 @@ impl Half {
                     // The link is gone; the proxy's stop token will end us.
                     Err(_) => changes_open = false,
                 },
-                _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                _ = crate::timer::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
                     self.fire_deadlines(Instant::now());
                 }
                 ready = src.readable(), if can_read => {

@@ -287,7 +287,7 @@ impl AttrError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToxicKind {
     /// Delay every chunk by `latency` ± `jitter` milliseconds.
-    Latency(LatencyAttrs),
+    Latency(Box<LatencyAttrs>),
     /// Cap the rate at `rate` KB/s (1 KB = 1000 B).
     Bandwidth(BandwidthAttrs),
     /// Delay the close (FIN) by `delay` milliseconds.
@@ -447,7 +447,7 @@ impl ToxicKind {
             "latency" => {
                 let mut attrs: LatencyAttrs = de(attributes)?;
                 attrs.model = Some(Arc::new(LatencyModel::build(&attrs)?));
-                ToxicKind::Latency(attrs)
+                ToxicKind::Latency(Box::new(attrs))
             }
             "bandwidth" => ToxicKind::Bandwidth(de(attributes)?),
             "slow_close" => ToxicKind::SlowClose(de(attributes)?),
