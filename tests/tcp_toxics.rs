@@ -451,3 +451,21 @@ async fn upstream_change_applies_to_new_connections_only() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn shared_bandwidth_is_one_link_for_all_connections() {
+    let (f, _echo, addr) = setup().await;
+    // 200 KB/s for the whole proxy: two 50 KB echoes at once take about 0.5 s, not 0.25 s.
+    f.toxic(
+        "p",
+        json!({"type": "bandwidth", "attributes": {"rate": 200, "shared": true}}),
+    )
+    .await;
+    let data = random_bytes(50_000, 9);
+    let start = Instant::now();
+    let (a, b) = tokio::join!(echo_through(addr, &data), echo_through(addr, &data));
+    let took = start.elapsed();
+    assert!(a == data && b == data);
+    assert!(took >= Duration::from_millis(450), "{took:?}");
+    assert!(took < Duration::from_millis(500) + SLACK * 2, "{took:?}");
+}

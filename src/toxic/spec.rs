@@ -371,6 +371,15 @@ pub struct LatencyAttrs {
 pub struct BandwidthAttrs {
     /// KB/s; 0 or less means unlimited.
     pub rate: i64,
+    /// Bytes that may go at once after an idle spell (a token bucket's depth); 0 by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<i64>,
+    /// One link for all of the proxy's connections, shared fairly, instead of `rate` each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
+    /// The link the connections share, when `shared`; made when the attributes are decoded.
+    #[serde(skip)]
+    pub(crate) link: Option<Arc<super::bandwidth::SharedLink>>,
 }
 
 /// `slow_close` attributes.
@@ -449,7 +458,19 @@ impl ToxicKind {
                 attrs.model = Some(Arc::new(LatencyModel::build(&attrs)?));
                 ToxicKind::Latency(Box::new(attrs))
             }
-            "bandwidth" => ToxicKind::Bandwidth(de(attributes)?),
+            "bandwidth" => {
+                let mut attrs: BandwidthAttrs = de(attributes)?;
+                if attrs.burst.is_some_and(|b| b < 0) {
+                    return Err(AttrError::new(
+                        "attributes.burst",
+                        "must not be negative (bytes)",
+                    ));
+                }
+                if attrs.shared == Some(true) {
+                    attrs.link = Some(Arc::default());
+                }
+                ToxicKind::Bandwidth(attrs)
+            }
             "slow_close" => ToxicKind::SlowClose(de(attributes)?),
             "timeout" => ToxicKind::Timeout(de(attributes)?),
             "reset_peer" => ToxicKind::ResetPeer(de(attributes)?),

@@ -63,7 +63,7 @@ proptest! {
     fn bandwidth_releases_the_last_byte_at_bytes_over_rate(
         rate in 1i64..2_000_000, lens in prop::collection::vec(1usize..200_000, 1..8),
     ) {
-        let mut t = bandwidth::Bandwidth::new(&BandwidthAttrs { rate });
+        let mut t = bandwidth::Bandwidth::new(&BandwidthAttrs { rate, ..BandwidthAttrs::default() });
         let start = Instant::now();
         let mut out = Vec::new();
         for len in &lens {
@@ -101,7 +101,10 @@ proptest! {
 #[test]
 fn bandwidth_zero_or_negative_is_unlimited() {
     for rate in [0, -5] {
-        let mut t = bandwidth::Bandwidth::new(&BandwidthAttrs { rate });
+        let mut t = bandwidth::Bandwidth::new(&BandwidthAttrs {
+            rate,
+            ..BandwidthAttrs::default()
+        });
         let now = Instant::now();
         let mut out = Vec::new();
         t.on_chunk(chunk(1000, now), &mut cx(0), &mut out);
@@ -111,7 +114,10 @@ fn bandwidth_zero_or_negative_is_unlimited() {
 
 #[test]
 fn bandwidth_does_not_bank_idle_time() {
-    let mut t = bandwidth::Bandwidth::new(&BandwidthAttrs { rate: 1 }); // 1000 B/s
+    let mut t = bandwidth::Bandwidth::new(&BandwidthAttrs {
+        rate: 1,
+        ..BandwidthAttrs::default()
+    }); // 1000 B/s
     let start = Instant::now();
     let mut out = Vec::new();
     t.on_chunk(chunk(10, start), &mut cx(0), &mut out);
@@ -277,4 +283,59 @@ fn seeded_links_replay_the_same_draws() {
         draw(&a, 1, Direction::Upstream),
         draw(&a, 1, Direction::Downstream)
     );
+}
+
+#[test]
+fn bandwidth_burst_lets_a_bucketful_through_after_idling() {
+    let attrs = BandwidthAttrs {
+        rate: 1,
+        burst: Some(100),
+        ..BandwidthAttrs::default()
+    }; // 1000 B/s
+    let mut t = bandwidth::Bandwidth::new(&attrs);
+    let start = Instant::now();
+    let mut out = Vec::new();
+    // 100 bytes go at once, the next 10 take 10 ms.
+    t.on_chunk(chunk(110, start), &mut cx(0), &mut out);
+    let first_100: usize = out
+        .iter()
+        .filter(|c| c.at == start)
+        .map(|c| c.data.len())
+        .sum();
+    assert_eq!(first_100, 100);
+    assert_eq!(out.last().unwrap().at, start + Duration::from_millis(10));
+}
+
+#[test]
+fn shared_bandwidth_splits_the_rate_between_busy_connections() {
+    let kind = ToxicKind::decode("bandwidth", json!({"rate": 100, "shared": true})).unwrap();
+    let start = Instant::now();
+    let mut a = kind.instantiate(start);
+    let mut b = kind.instantiate(start);
+    let (mut oa, mut ob) = (Vec::new(), Vec::new());
+    // Alone: the whole 100 KB/s, 1000 bytes in 10 ms.
+    a.on_chunk(chunk(1000, start), &mut cx(0), &mut oa);
+    assert_eq!(oa.last().unwrap().at, start + Duration::from_millis(10));
+    // Both busy: each gets half, 1000 bytes in 20 ms.
+    let t1 = start + Duration::from_millis(1);
+    b.on_chunk(chunk(1000, t1), &mut cx(0), &mut ob);
+    assert_eq!(ob.last().unwrap().at, t1 + Duration::from_millis(20));
+    // A connection that went away no longer counts.
+    drop(a);
+    let t2 = start + Duration::from_millis(100);
+    b.on_chunk(chunk(1000, t2), &mut cx(0), &mut ob);
+    assert_eq!(ob.last().unwrap().at, t2 + Duration::from_millis(10));
+    // Unshared toxics do not share.
+    let solo = ToxicKind::decode("bandwidth", json!({"rate": 100})).unwrap();
+    let (mut c, mut d) = (solo.instantiate(start), solo.instantiate(start));
+    let (mut oc, mut od) = (Vec::new(), Vec::new());
+    c.on_chunk(chunk(1000, start), &mut cx(0), &mut oc);
+    d.on_chunk(chunk(1000, start), &mut cx(0), &mut od);
+    assert_eq!(od.last().unwrap().at, start + Duration::from_millis(10));
+}
+
+#[test]
+fn bandwidth_rejects_a_negative_burst() {
+    let err = ToxicKind::decode("bandwidth", json!({"rate": 10, "burst": -1})).unwrap_err();
+    assert_eq!(err.path, "attributes.burst");
 }
