@@ -126,6 +126,11 @@ impl Link {
     /// The generator for one connection and direction: derived from `--seed`, the proxy name
     /// and the connection number when seeded, so runs replay; from the OS otherwise.
     pub(crate) fn rng(&self, connection: u64, direction: Direction) -> SmallRng {
+        self.rng_for(connection, direction as u64)
+    }
+
+    /// [`Link::rng`] for a purpose other than a direction (`stream` 0 and 1 are taken).
+    pub(crate) fn rng_for(&self, connection: u64, stream: u64) -> SmallRng {
         match self.settings.seed {
             Some(seed) => {
                 let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
@@ -133,7 +138,7 @@ impl Link {
                     h = splitmix(h ^ u64::from(b));
                 }
                 h = splitmix(h ^ connection);
-                h = splitmix(h ^ direction as u64);
+                h = splitmix(h ^ stream);
                 SmallRng::seed_from_u64(h)
             }
             None => SmallRng::from_rng(&mut rand::rng()),

@@ -15,6 +15,7 @@ mod bandwidth;
 pub mod distribution;
 mod latency;
 mod limit_data;
+pub mod profile;
 mod reset_peer;
 mod slicer;
 mod slow_close;
@@ -125,6 +126,26 @@ impl Toxic for Noop {
     fn on_chunk(&mut self, chunk: Chunk, _cx: &mut ToxicCx, out: &mut Vec<Chunk>) -> Verdict {
         out.push(chunk);
         Verdict::Continue
+    }
+}
+
+impl ToxicSpec {
+    /// Draws whether this toxic applies to a connection and direction, per its toxicity.
+    pub fn applies(&self, cx: &mut ToxicCx) -> bool {
+        use rand::Rng;
+        self.toxicity >= 1.0 || (self.toxicity > 0.0 && cx.rng.random::<f32>() < self.toxicity)
+    }
+
+    /// For a `connect_delay` toxic that applies to this connection: how long to wait before
+    /// dialling the upstream. `None` for other toxics or when the toxicity draw says no.
+    pub fn connect_delay(&self, cx: &mut ToxicCx) -> Option<std::time::Duration> {
+        let ToxicKind::ConnectDelay(attrs) = &self.kind else {
+            return None;
+        };
+        if !self.applies(cx) {
+            return None;
+        }
+        Some(latency::Latency::new(attrs).draw(0, cx))
     }
 }
 

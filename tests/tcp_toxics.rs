@@ -469,3 +469,39 @@ async fn shared_bandwidth_is_one_link_for_all_connections() {
     assert!(took >= Duration::from_millis(450), "{took:?}");
     assert!(took < Duration::from_millis(500) + SLACK * 2, "{took:?}");
 }
+
+#[tokio::test]
+async fn connect_delay_holds_the_dial_of_new_connections_only() {
+    let (f, _echo, addr) = setup().await;
+    let mut old = connect(addr).await;
+    round_trip(&mut old, b"warm").await;
+    f.toxic(
+        "p",
+        json!({"type": "connect_delay", "attributes": {"latency": 300}}),
+    )
+    .await;
+    // The open connection is not affected.
+    assert!(round_trip(&mut old, b"old").await < Duration::from_millis(100));
+    // A new one waits for its dial: its first round trip takes the delay.
+    let mut new = connect(addr).await;
+    let took = round_trip(&mut new, b"new").await;
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_millis(300) + SLACK,
+        "{took:?}"
+    );
+    assert!(round_trip(&mut new, b"again").await < Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn a_profile_toxic_delays_and_paces() {
+    let (f, _echo, addr) = setup().await;
+    f.toxic(
+        "p",
+        json!({"type": "profile", "attributes": {"name": "satellite"}}),
+    )
+    .await;
+    let mut s = connect(addr).await;
+    // GEO satellite: at least 239 ms one way.
+    let took = round_trip(&mut s, b"ping").await;
+    assert!(took >= Duration::from_millis(239), "{took:?}");
+}

@@ -9,6 +9,7 @@ use tracing::{debug, warn};
 
 use super::{ConnError, Link, duplex};
 use crate::metrics;
+use crate::toxic::ToxicCx;
 
 /// Runs one connection to completion. Never panics on network errors; everything is logged
 /// and counted.
@@ -23,6 +24,14 @@ pub async fn handle(
     // Nagle would add up to 40 ms per small write (delayed-ACK interplay); a fault proxy must
     // not add latency nobody asked for.
     let _ = client.set_nodelay(true);
+    if let Some(delay) = connect_delay(&link, id) {
+        // Connection setup cost: the dial waits, as a slow handshake would.
+        let deadline = tokio::time::Instant::now() + delay;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = crate::timer::sleep_until(deadline) => {}
+        }
+    }
     let upstream = tokio::select! {
         _ = stop.cancelled() => return,
         dialled = dial(&link) => dialled,
@@ -40,6 +49,26 @@ pub async fn handle(
     let outcome = duplex::run(&client, &upstream, &link, id, &stop).await;
     debug!(?outcome, "closed");
 }
+
+/// The total `connect_delay` of the toxics that apply to this connection.
+fn connect_delay(link: &Link, id: u64) -> Option<std::time::Duration> {
+    let toxics = link.toxics();
+    let mut specs = toxics
+        .iter()
+        .filter(|t| !t.kind.acts_on_stream())
+        .peekable();
+    specs.peek()?;
+    // A generator of its own: the halves' draws stay what they would be without this toxic.
+    let mut cx = ToxicCx {
+        rng: link.rng_for(id, CONNECT_STREAM),
+    };
+    specs
+        .filter_map(|t| t.connect_delay(&mut cx))
+        .reduce(|a, b| a + b)
+}
+
+/// The seeding stream for connect-time draws (0 and 1 are the directions).
+const CONNECT_STREAM: u64 = 2;
 
 async fn dial(link: &Link) -> Result<TcpStream, ConnError> {
     let upstream = link.upstream();

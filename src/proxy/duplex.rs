@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rand::Rng;
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -477,17 +476,20 @@ impl Half {
     fn rebuild(&mut self, toxics: &[Arc<ToxicSpec>], proxy: &str, now: Instant) {
         let mut old = mem::take(&mut self.chain);
         let mut flush = false;
-        for spec in toxics.iter().filter(|s| s.direction == self.dir) {
+        for spec in toxics
+            .iter()
+            .filter(|s| s.direction == self.dir && s.kind.acts_on_stream())
+        {
             let slot = match old.iter().position(|s| s.spec.name == spec.name) {
                 Some(pos) => {
                     let mut slot = old.swap_remove(pos);
                     if !Arc::ptr_eq(&slot.spec, spec) {
                         flush = true;
-                        let keep = slot.toxic.take().filter(|_| draw(&mut self.cx, spec));
+                        let keep = slot.toxic.take().filter(|_| spec.applies(&mut self.cx));
                         slot.toxic = match keep {
                             Some(mut t) => {
                                 if !t.reconfigure(&spec.kind) {
-                                    t = spec.kind.instantiate(now);
+                                    t = spec.kind.instantiate(now, self.dir, &mut self.cx);
                                 }
                                 Some(t)
                             }
@@ -528,22 +530,17 @@ impl Half {
     }
 }
 
-/// Draws whether a toxic applies, per its toxicity.
-fn draw(cx: &mut ToxicCx, spec: &ToxicSpec) -> bool {
-    spec.toxicity >= 1.0 || (spec.toxicity > 0.0 && cx.rng.random::<f32>() < spec.toxicity)
-}
-
 fn activate(
     cx: &mut ToxicCx,
     spec: &ToxicSpec,
     proxy: &str,
     now: Instant,
 ) -> Option<Box<dyn Toxic>> {
-    if !draw(cx, spec) {
+    if !spec.applies(cx) {
         return None;
     }
     metrics::toxic_applied(proxy, &spec.name);
-    Some(spec.kind.instantiate(now))
+    Some(spec.kind.instantiate(now, spec.direction, cx))
 }
 
 enum WriteError {

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::latency::LatencyModel;
+use super::profile::{ProfileAttrs, ProfileToxic};
 use super::{
     Noop, Toxic, bandwidth::Bandwidth, latency::Latency, limit_data::LimitData,
     reset_peer::ResetPeer, slicer::Slicer, slow_close::SlowClose, timeout::Timeout,
@@ -33,6 +34,8 @@ pub const TOXIC_TYPES: &[&str] = &[
     "slicer",
     "limit_data",
     "noop",
+    "connect_delay",
+    "profile",
 ];
 
 /// Which way the bytes flow. Toxiproxy calls it the stream.
@@ -302,6 +305,10 @@ pub enum ToxicKind {
     LimitData(LimitDataAttrs),
     /// Do nothing (useful to test the plumbing).
     Noop(NoopAttrs),
+    /// Delay the upstream dial (connection setup cost); the attributes are `latency`'s.
+    ConnectDelay(Box<LatencyAttrs>),
+    /// A named network: latency and bandwidth together.
+    Profile(ProfileAttrs),
 }
 
 /// `latency` attributes: Toxiproxy's two, then fallacy's extensions, shown only when set.
@@ -434,6 +441,8 @@ impl ToxicKind {
             ToxicKind::Slicer(_) => "slicer",
             ToxicKind::LimitData(_) => "limit_data",
             ToxicKind::Noop(_) => "noop",
+            ToxicKind::ConnectDelay(_) => "connect_delay",
+            ToxicKind::Profile(_) => "profile",
         }
     }
 
@@ -477,6 +486,12 @@ impl ToxicKind {
             "slicer" => ToxicKind::Slicer(de(attributes)?),
             "limit_data" => ToxicKind::LimitData(de(attributes)?),
             "noop" => ToxicKind::Noop(NoopAttrs {}),
+            "connect_delay" => {
+                let mut attrs: LatencyAttrs = de(attributes)?;
+                attrs.model = Some(Arc::new(LatencyModel::build(&attrs)?));
+                ToxicKind::ConnectDelay(Box::new(attrs))
+            }
+            "profile" => ToxicKind::Profile(de::<ProfileAttrs>(attributes)?.resolve()?),
             other => {
                 return Err(AttrError::new(
                     "type",
@@ -489,7 +504,8 @@ impl ToxicKind {
     /// The attributes as a JSON object, every attribute present (omitted ones show as 0).
     pub fn attributes(&self) -> Map<String, Value> {
         let value = match self {
-            ToxicKind::Latency(a) => serde_json::to_value(a),
+            ToxicKind::Latency(a) | ToxicKind::ConnectDelay(a) => serde_json::to_value(a),
+            ToxicKind::Profile(a) => serde_json::to_value(a),
             ToxicKind::Bandwidth(a) => serde_json::to_value(a),
             ToxicKind::SlowClose(a) => serde_json::to_value(a),
             ToxicKind::Timeout(a) | ToxicKind::ResetPeer(a) => serde_json::to_value(a),
@@ -505,7 +521,12 @@ impl ToxicKind {
     }
 
     /// Builds the runtime instance for one connection and direction.
-    pub fn instantiate(&self, now: Instant) -> Box<dyn Toxic> {
+    pub fn instantiate(
+        &self,
+        now: Instant,
+        direction: Direction,
+        cx: &mut super::ToxicCx,
+    ) -> Box<dyn Toxic> {
         match self {
             ToxicKind::Latency(a) => Box::new(Latency::new(a)),
             ToxicKind::Bandwidth(a) => Box::new(Bandwidth::new(a)),
@@ -514,8 +535,16 @@ impl ToxicKind {
             ToxicKind::ResetPeer(a) => Box::new(ResetPeer::new(a)),
             ToxicKind::Slicer(a) => Box::new(Slicer::new(a)),
             ToxicKind::LimitData(a) => Box::new(LimitData::new(a)),
-            ToxicKind::Noop(_) => Box::new(Noop),
+            ToxicKind::Profile(a) => Box::new(ProfileToxic::new(a, direction, cx)),
+            // Acts before the stream exists (see `proxy::conn`); nothing to do per chunk.
+            ToxicKind::Noop(_) | ToxicKind::ConnectDelay(_) => Box::new(Noop),
         }
+    }
+
+    /// Whether the toxic acts on the byte stream. `connect_delay` acts on the dial only, so
+    /// it stays out of the chains (and off the fast path's way).
+    pub fn acts_on_stream(&self) -> bool {
+        !matches!(self, ToxicKind::ConnectDelay(_))
     }
 }
 

@@ -310,8 +310,8 @@ fn bandwidth_burst_lets_a_bucketful_through_after_idling() {
 fn shared_bandwidth_splits_the_rate_between_busy_connections() {
     let kind = ToxicKind::decode("bandwidth", json!({"rate": 100, "shared": true})).unwrap();
     let start = Instant::now();
-    let mut a = kind.instantiate(start);
-    let mut b = kind.instantiate(start);
+    let mut a = kind.instantiate(start, Direction::Downstream, &mut cx(0));
+    let mut b = kind.instantiate(start, Direction::Downstream, &mut cx(0));
     let (mut oa, mut ob) = (Vec::new(), Vec::new());
     // Alone: the whole 100 KB/s, 1000 bytes in 10 ms.
     a.on_chunk(chunk(1000, start), &mut cx(0), &mut oa);
@@ -327,7 +327,10 @@ fn shared_bandwidth_splits_the_rate_between_busy_connections() {
     assert_eq!(ob.last().unwrap().at, t2 + Duration::from_millis(10));
     // Unshared toxics do not share.
     let solo = ToxicKind::decode("bandwidth", json!({"rate": 100})).unwrap();
-    let (mut c, mut d) = (solo.instantiate(start), solo.instantiate(start));
+    let (mut c, mut d) = (
+        solo.instantiate(start, Direction::Downstream, &mut cx(0)),
+        solo.instantiate(start, Direction::Downstream, &mut cx(0)),
+    );
     let (mut oc, mut od) = (Vec::new(), Vec::new());
     c.on_chunk(chunk(1000, start), &mut cx(0), &mut oc);
     d.on_chunk(chunk(1000, start), &mut cx(0), &mut od);
@@ -338,4 +341,73 @@ fn shared_bandwidth_splits_the_rate_between_busy_connections() {
 fn bandwidth_rejects_a_negative_burst() {
     let err = ToxicKind::decode("bandwidth", json!({"rate": 10, "burst": -1})).unwrap_err();
     assert_eq!(err.path, "attributes.burst");
+}
+
+#[test]
+fn profiles_resolve_and_refuse_unknown_names_and_bad_weights() {
+    for p in profile::PROFILES {
+        assert!(
+            ToxicKind::decode("profile", json!({"name": p.name})).is_ok(),
+            "{}",
+            p.name
+        );
+    }
+    let cases = [
+        (json!({"name": "5g"}), "attributes.name", "unknown profile"),
+        (json!({}), "attributes.name", "required"),
+        (
+            json!({"name": "lte", "mix": {"lte": 1}}),
+            "attributes.mix",
+            "not both",
+        ),
+        (json!({"mix": {}}), "attributes.mix", "at least one"),
+        (
+            json!({"mix": {"lte": 0}}),
+            "attributes.mix.lte",
+            "greater than 0",
+        ),
+        (
+            json!({"mix": {"lte": 1, "dialup": 1}}),
+            "attributes.mix.dialup",
+            "unknown profile",
+        ),
+    ];
+    for (attrs, path, needle) in cases {
+        let err = ToxicKind::decode("profile", attrs.clone()).unwrap_err();
+        assert_eq!(err.path, path, "{attrs}");
+        assert!(err.message.contains(needle), "{attrs}: {}", err.message);
+    }
+}
+
+#[test]
+fn a_mix_assigns_profiles_in_proportion() {
+    let ToxicKind::Profile(attrs) =
+        ToxicKind::decode("profile", json!({"mix": {"lte": 0.7, "3g": 0.3}})).unwrap()
+    else {
+        panic!()
+    };
+    let mut cx = cx(5);
+    let lte = (0..2000)
+        .filter(|_| {
+            profile::ProfileToxic::new(&attrs, Direction::Downstream, &mut cx).profile == "lte"
+        })
+        .count();
+    assert!((1330..=1470).contains(&lte), "{lte} of 2000 drew lte");
+}
+
+#[test]
+fn a_profile_paces_at_its_rate_and_delays_by_its_path_latency() {
+    let ToxicKind::Profile(attrs) =
+        ToxicKind::decode("profile", json!({"name": "satellite"})).unwrap()
+    else {
+        panic!()
+    };
+    let start = Instant::now();
+    let mut t = profile::ProfileToxic::new(&attrs, Direction::Upstream, &mut cx(3));
+    let mut out = Vec::new();
+    t.on_chunk(chunk(4230, start), &mut cx(3), &mut out);
+    // 4230 bytes at the 423 KB/s uplink take 10 ms, then at least the 239 ms GEO floor.
+    let last = out.last().unwrap().at - start;
+    assert!(last >= Duration::from_millis(249), "{last:?}");
+    assert!(last < Duration::from_millis(2000), "{last:?}");
 }

@@ -295,7 +295,7 @@ fn clamps_per_connection_and_per_byte() {
         at: now,
     };
     let delays = |s: &ToxicSpec, cx: &mut ToxicCx, n: usize, len: usize| -> Vec<f64> {
-        let mut t = s.kind.instantiate(now);
+        let mut t = s.kind.instantiate(now, s.direction, cx);
         (0..n)
             .map(|_| {
                 let mut out = Vec::new();
