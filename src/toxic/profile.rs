@@ -168,6 +168,7 @@ impl ProfileAttrs {
 #[derive(Debug)]
 pub(super) struct ProfileToxic {
     /// Which profile this connection drew (from `mix`).
+    #[cfg(test)]
     pub(super) profile: &'static str,
     delay: Duration,
     bandwidth: Bandwidth,
@@ -195,7 +196,9 @@ impl ProfileToxic {
             Direction::Downstream => profile.down_kbps,
             Direction::Upstream => profile.up_kbps,
         };
+        tracing::debug!(profile = profile.name, delay_ms = ms, %direction, "profile drawn");
         ProfileToxic {
+            #[cfg(test)]
             profile: profile.name,
             delay: Duration::from_secs_f64(ms / 1e3),
             bandwidth: Bandwidth::new(&BandwidthAttrs {
