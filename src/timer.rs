@@ -13,8 +13,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::OnceLock;
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -29,8 +28,6 @@ pub const COARSE_MARGIN: Duration = Duration::from_millis(3);
 /// wake-up jitter, which is what remains after the timer slack is cut.
 pub const SPIN: Duration = Duration::from_micros(20);
 
-type Request = (std::time::Instant, oneshot::Sender<()>);
-
 /// Waits until `deadline`, to within tens of microseconds. Cancel-safe: dropping the future
 /// abandons the wait (the timer thread finds the receiver gone and moves on).
 pub async fn sleep_until(deadline: Instant) {
@@ -43,26 +40,59 @@ pub async fn sleep_until(deadline: Instant) {
         return;
     }
     let (tx, rx) = oneshot::channel();
-    if timer().send((deadline.into_std(), tx)).is_err() {
-        // The timer thread is gone (it never exits, but be safe): fall back to the wheel.
-        tokio::time::sleep_until(deadline).await;
-        return;
+    match timer() {
+        Some(timer) => timer.register(deadline.into_std(), tx),
+        // No timer thread could be started: fall back to the wheel.
+        None => return tokio::time::sleep_until(deadline).await,
     }
     let _ = rx.await;
 }
 
-fn timer() -> &'static Sender<Request> {
-    static TIMER: OnceLock<Sender<Request>> = OnceLock::new();
-    TIMER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Request>();
-        let spawned = std::thread::Builder::new()
-            .name("fallacy-timer".into())
-            .spawn(move || run(rx));
-        if let Err(err) = spawned {
-            tracing::warn!(%err, "cannot start the precise timer thread; delays fall back to 1 ms resolution");
+/// The heap of pending deadlines and the thread that serves it.
+struct Timer {
+    heap: Mutex<Heap>,
+    thread: std::thread::Thread,
+}
+
+#[derive(Default)]
+struct Heap {
+    entries: BinaryHeap<Reverse<Entry>>,
+    seq: u64,
+}
+
+impl Timer {
+    /// Adds a deadline. The thread is woken only when the new deadline is the earliest: a
+    /// stream of later deadlines (a busy delayed connection) costs no wake-ups.
+    fn register(&self, at: std::time::Instant, tx: oneshot::Sender<()>) {
+        let earliest = {
+            let mut heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+            heap.seq += 1;
+            let seq = heap.seq;
+            let before = heap.entries.peek().map(|Reverse(e)| e.at);
+            heap.entries.push(Reverse(Entry { at, seq, tx }));
+            before.is_none_or(|b| at < b)
+        };
+        if earliest {
+            self.thread.unpark();
         }
-        tx
-    })
+    }
+}
+
+static TIMER_CELL: OnceLock<Option<Timer>> = OnceLock::new();
+
+fn timer() -> Option<&'static Timer> {
+    TIMER_CELL
+        .get_or_init(|| {
+            let spawned = std::thread::Builder::new().name("fallacy-timer".into()).spawn(run);
+            match spawned {
+                Ok(handle) => Some(Timer { heap: Mutex::default(), thread: handle.thread().clone() }),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot start the precise timer thread; delays fall back to 1 ms resolution");
+                    None
+                }
+            }
+        })
+        .as_ref()
 }
 
 /// A pending wake-up, ordered by deadline, then by arrival.
@@ -89,41 +119,55 @@ impl Ord for Entry {
     }
 }
 
-fn run(rx: mpsc::Receiver<Request>) {
+fn run() {
     #[cfg(target_os = "linux")]
     if let Err(err) = nix::sys::prctl::set_timerslack(1_000) {
         tracing::debug!(%err, "cannot cut the timer slack; delays may land ~50 µs later");
     }
-    let mut heap: BinaryHeap<Reverse<Entry>> = BinaryHeap::new();
-    let mut seq = 0u64;
+    // The Timer is published right after this thread starts; wait for it.
+    let timer = loop {
+        if let Some(Some(timer)) = timer_if_ready() {
+            break timer;
+        }
+        std::thread::park_timeout(Duration::from_millis(1));
+    };
+    let mut due = Vec::new();
     loop {
-        let mut now = std::time::Instant::now();
-        // Close enough to the earliest deadline: spin to it rather than risk a late wake-up.
-        if let Some(Reverse(e)) = heap.peek() {
-            while now < e.at && e.at - now <= SPIN {
-                std::hint::spin_loop();
-                now = std::time::Instant::now();
+        let next = {
+            let mut heap = timer.heap.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            while heap.entries.peek().is_some_and(|Reverse(e)| e.at <= now) {
+                if let Some(Reverse(entry)) = heap.entries.pop() {
+                    due.push(entry.tx);
+                }
             }
-        }
-        while heap.peek().is_some_and(|Reverse(e)| e.at <= now) {
-            if let Some(Reverse(entry)) = heap.pop() {
-                // A dropped receiver (an abandoned sleep) is fine.
-                let _ = entry.tx.send(());
-            }
-        }
-        let next = match heap.peek() {
-            Some(Reverse(e)) => rx.recv_timeout(e.at.saturating_duration_since(now + SPIN)),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            heap.entries.peek().map(|Reverse(e)| e.at)
         };
+        // Outside the lock: a dropped receiver (an abandoned sleep) is fine.
+        for tx in due.drain(..) {
+            let _ = tx.send(());
+        }
         match next {
-            Ok((at, tx)) => {
-                seq += 1;
-                heap.push(Reverse(Entry { at, seq, tx }));
+            None => std::thread::park(),
+            Some(at) => {
+                let now = std::time::Instant::now();
+                let left = at.saturating_duration_since(now);
+                if left > SPIN {
+                    // Woken early by a new earliest deadline, or by the timeout.
+                    std::thread::park_timeout(left - SPIN);
+                } else {
+                    // Close enough: spin to it rather than risk a late wake-up.
+                    while std::time::Instant::now() < at {
+                        std::hint::spin_loop();
+                    }
+                }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
+}
+
+fn timer_if_ready() -> Option<&'static Option<Timer>> {
+    TIMER_CELL.get()
 }
 
 #[cfg(test)]

@@ -53,9 +53,10 @@ const BUF_SIZE: usize = 64 * 1024;
 const MIN_READ: usize = 4 * 1024;
 
 /// The most bytes a half holds waiting for their release time before it stops reading.
-/// 8 MiB covers a 10 ms delay at 800 MB/s, so a latency toxic does not cap throughput on a
-/// LAN-speed stream, while a stalled connection cannot grow without bound.
-pub const MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+/// Throughput under a delay d is capped at this / d: 32 MiB keeps a 10 ms latency toxic from
+/// capping a stream below 3 GB/s (more than loopback gives one proxied stream here), while a
+/// stalled connection cannot grow without bound. Memory is only used while bytes wait.
+pub const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
 
 /// How a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
