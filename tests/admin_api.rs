@@ -424,6 +424,37 @@ async fn negative_numbers_are_accepted() {
 )]
 #[case::malformed("{", 400, "bad request body")]
 #[case::empty("", 400, "bad request body: EOF")]
+#[case::unknown_distribution(
+    r#"{"type": "latency", "attributes": {"distribution": "gauss"}}"#,
+    400,
+    "attributes.distribution: unknown distribution"
+)]
+#[case::p99_below_p50(r#"{"type": "latency", "attributes": {"distribution": "lognormal", "p50": "20ms", "p99": "10ms"}}"#, 400, "attributes.p99: must be at least p50")]
+#[case::pareto_shape(
+    r#"{"type": "latency", "attributes": {"distribution": "pareto", "scale": 10, "shape": 0}}"#,
+    400,
+    "attributes.shape"
+)]
+#[case::correlation_range(
+    r#"{"type": "latency", "attributes": {"correlation": 2}}"#,
+    400,
+    "attributes.correlation: must be within 0..1"
+)]
+#[case::unreadable_samples(
+    r#"{"type": "latency", "attributes": {"distribution": "empirical", "file": "/nonexistent"}}"#,
+    400,
+    "attributes.file: cannot read"
+)]
+#[case::unknown_profile(
+    r#"{"type": "profile", "attributes": {"name": "5g"}}"#,
+    400,
+    "attributes.name: unknown profile"
+)]
+#[case::negative_burst(
+    r#"{"type": "bandwidth", "attributes": {"rate": 1, "burst": -1}}"#,
+    400,
+    "attributes.burst"
+)]
 #[tokio::test]
 async fn toxic_create_rejections(#[case] body: &str, #[case] status: u16, #[case] message: &str) {
     let (f, _echo) = with_proxy().await;

@@ -505,3 +505,86 @@ async fn a_profile_toxic_delays_and_paces() {
     let took = round_trip(&mut s, b"ping").await;
     assert!(took >= Duration::from_millis(239), "{took:?}");
 }
+
+#[tokio::test]
+async fn a_lognormal_latency_stays_within_its_clamps() {
+    let (f, _echo, addr) = setup().await;
+    f.toxic(
+        "p",
+        json!({"type": "latency", "attributes": {"distribution": "lognormal", "p50": "20ms", "p99": "300ms", "min": "10ms", "max": "60ms"}}),
+    )
+    .await;
+    let mut s = connect(addr).await;
+    for _ in 0..10 {
+        let d = round_trip(&mut s, b"l").await;
+        assert!(
+            d >= Duration::from_millis(10) && d < Duration::from_millis(60) + SLACK,
+            "{d:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn per_connection_latency_delays_only_the_first_chunk() {
+    let (f, _echo, addr) = setup().await;
+    f.toxic(
+        "p",
+        json!({"type": "latency", "attributes": {"latency": 200, "per": "connection"}}),
+    )
+    .await;
+    let mut s = connect(addr).await;
+    assert!(round_trip(&mut s, b"first").await >= Duration::from_millis(200));
+    assert!(round_trip(&mut s, b"second").await < Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn bandwidth_burst_sends_a_bucketful_at_once() {
+    let (f, _echo, addr) = setup().await;
+    // 10 KB/s with a 20 KB bucket: a 10 KB echo is not paced at all (it would take 1 s).
+    f.toxic(
+        "p",
+        json!({"type": "bandwidth", "attributes": {"rate": 10, "burst": 20000}}),
+    )
+    .await;
+    let mut s = connect(addr).await;
+    let took = round_trip(&mut s, &random_bytes(10_000, 4)).await;
+    assert!(took < Duration::from_millis(300), "{took:?}");
+}
+
+/// The same seed gives the same delays: two servers seeded alike draw the same jitter for the
+/// same connection number.
+#[tokio::test]
+async fn a_seed_replays_the_same_delays() {
+    async fn delays(seed: u64) -> Vec<Duration> {
+        let f = Fallacy::with_config(Config {
+            seed: Some(seed),
+            ..Config::default()
+        })
+        .await;
+        let echo = Echo::start().await;
+        let addr = f.proxy("p", echo.addr).await;
+        f.toxic(
+            "p",
+            json!({"type": "latency", "attributes": {"latency": 150, "jitter": 140}}),
+        )
+        .await;
+        let mut s = connect(addr).await;
+        let mut out = Vec::new();
+        for _ in 0..6 {
+            out.push(round_trip(&mut s, b"s").await);
+        }
+        out
+    }
+    let (a, b) = tokio::join!(delays(11), delays(11));
+    for (x, y) in a.iter().zip(&b) {
+        let diff = if x > y { *x - *y } else { *y - *x };
+        assert!(diff < Duration::from_millis(40), "{a:?} vs {b:?}");
+    }
+    let c = delays(12).await;
+    assert!(
+        a.iter()
+            .zip(&c)
+            .any(|(x, y)| (x.as_millis() as i64 - y.as_millis() as i64).abs() > 40),
+        "another seed should draw other delays: {a:?} vs {c:?}"
+    );
+}
