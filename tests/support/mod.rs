@@ -226,6 +226,26 @@ pub async fn assert_closed(s: &mut TcpStream, within: Duration) {
     );
 }
 
+/// Asserts `took` is at least `at_least` (a delay must never be shorter than asked) and less
+/// than `at_least + slack` (the machine is shared, so the upper bound is generous).
+pub fn assert_took(took: Duration, at_least: Duration, slack: Duration) {
+    assert!(took >= at_least, "{took:?} is shorter than {at_least:?}");
+    assert!(
+        took < at_least + slack,
+        "{took:?} is longer than {at_least:?} + {slack:?}"
+    );
+}
+
+/// Asserts the next read fails with a connection reset, within `within`.
+pub async fn assert_reset(s: &mut TcpStream, within: Duration) {
+    let mut buf = [0u8; 64];
+    let err = tokio::time::timeout(within, s.read(&mut buf))
+        .await
+        .expect("no reset in time")
+        .expect_err("expected a reset, got data or EOF");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
 /// Reads exactly `n` bytes within `within`.
 pub async fn read_exact(s: &mut TcpStream, n: usize, within: Duration) -> Vec<u8> {
     let mut buf = vec![0u8; n];
