@@ -5,14 +5,21 @@
 //! the last millisecond would be exact but burns a core per delayed chunk.
 //!
 //! So a sleep has two legs: tokio's wheel for everything but the last [`COARSE_MARGIN`], then
-//! one dedicated thread that keeps a heap of deadlines. It parks with a timeout until
-//! [`SPIN`] before the earliest one (a futex wait; the thread's timer slack is set to 1 µs, as
-//! Linux's default 50 µs would be most of the error budget), spins the rest, and completes a
-//! oneshot, which wakes the task. The thread costs nothing while no precise sleep is pending,
-//! and at most [`SPIN`] of CPU per wake-up when one is.
+//! one dedicated thread that keeps a heap of deadlines. It parks with a timeout (a futex wait;
+//! the thread's timer slack is set to 1 µs, as Linux's default 50 µs would be most of the
+//! error budget), spins the rest, and completes a oneshot, which wakes the task.
+//!
+//! Two latencies sit between "the deadline passed" and "the task runs", and on a machine whose
+//! cores doze between events they are long (100 µs and more on a virtual machine): the timer
+//! thread's own wake-up from its park, and the hand-off to the tokio worker. Both are measured
+//! as the timer runs (moving averages), and the thread plans around them: it parks until
+//! `oversleep + SPIN` before it must fire, and fires `hand-off` before the deadline; the task,
+//! if it runs early, spins the few microseconds left. Each lead is capped at [`MAX_LEAD`], so
+//! the CPU spent spinning stays bounded. The thread costs nothing while no sleep is pending.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -24,9 +31,28 @@ use tokio::time::Instant;
 /// deadline (1.5 ms measured noticeably worse tails than 3 ms on a shared 2-core machine).
 pub const COARSE_MARGIN: Duration = Duration::from_millis(3);
 
-/// How long before a deadline the timer thread stops sleeping and spins: covers the futex
-/// wake-up jitter, which is what remains after the timer slack is cut.
+/// Spin margin on top of the measured oversleep: covers the futex wake-up jitter.
 pub const SPIN: Duration = Duration::from_micros(20);
+
+/// The most either measured lead may be, whatever is measured: bounds the spinning.
+pub const MAX_LEAD: Duration = Duration::from_micros(300);
+
+/// Moving averages, in nanoseconds, of how late the timer thread wakes from a timed park, and
+/// of how long a fired sleep takes to resume its task.
+static OVERSLEEP_NS: AtomicU64 = AtomicU64::new(0);
+static HANDOFF_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Folds a sample into a moving average (weight 1/8); a lost race between updates only loses
+/// one sample.
+fn observe(avg: &AtomicU64, sample: Duration) {
+    let sample = sample.min(MAX_LEAD).as_nanos() as u64;
+    let old = avg.load(Ordering::Relaxed);
+    avg.store(old - old / 8 + sample / 8, Ordering::Relaxed);
+}
+
+fn lead(avg: &AtomicU64) -> Duration {
+    Duration::from_nanos(avg.load(Ordering::Relaxed)).min(MAX_LEAD)
+}
 
 /// Waits until `deadline`, to within tens of microseconds. Cancel-safe: dropping the future
 /// abandons the wait (the timer thread finds the receiver gone and moves on).
@@ -45,7 +71,15 @@ pub async fn sleep_until(deadline: Instant) {
         // No timer thread could be started: fall back to the wheel.
         None => return tokio::time::sleep_until(deadline).await,
     }
-    let _ = rx.await;
+    if let Ok(fired) = rx.await {
+        let now = std::time::Instant::now();
+        observe(&HANDOFF_NS, now.saturating_duration_since(fired));
+        // Fired early by the expected hand-off: spin what is left (at most MAX_LEAD).
+        let deadline = deadline.into_std();
+        while std::time::Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 /// The heap of pending deadlines and the thread that serves it.
@@ -63,7 +97,7 @@ struct Heap {
 impl Timer {
     /// Adds a deadline. The thread is woken only when the new deadline is the earliest: a
     /// stream of later deadlines (a busy delayed connection) costs no wake-ups.
-    fn register(&self, at: std::time::Instant, tx: oneshot::Sender<()>) {
+    fn register(&self, at: std::time::Instant, tx: oneshot::Sender<std::time::Instant>) {
         let earliest = {
             let mut heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
             heap.seq += 1;
@@ -99,7 +133,7 @@ fn timer() -> Option<&'static Timer> {
 struct Entry {
     at: std::time::Instant,
     seq: u64,
-    tx: oneshot::Sender<()>,
+    tx: oneshot::Sender<std::time::Instant>,
 }
 
 impl PartialEq for Entry {
@@ -133,31 +167,45 @@ fn run() {
     };
     let mut due = Vec::new();
     loop {
+        let handoff = lead(&HANDOFF_NS);
         let next = {
             let mut heap = timer.heap.lock().unwrap_or_else(|e| e.into_inner());
-            let now = std::time::Instant::now();
-            while heap.entries.peek().is_some_and(|Reverse(e)| e.at <= now) {
+            // Fire each entry `handoff` early, so its task runs on time.
+            let fire_by = std::time::Instant::now() + handoff;
+            while heap
+                .entries
+                .peek()
+                .is_some_and(|Reverse(e)| e.at <= fire_by)
+            {
                 if let Some(Reverse(entry)) = heap.entries.pop() {
                     due.push(entry.tx);
                 }
             }
-            heap.entries.peek().map(|Reverse(e)| e.at)
+            heap.entries
+                .peek()
+                .map(|Reverse(e)| e.at.checked_sub(handoff).unwrap_or(e.at))
         };
         // Outside the lock: a dropped receiver (an abandoned sleep) is fine.
+        let fired = std::time::Instant::now();
         for tx in due.drain(..) {
-            let _ = tx.send(());
+            let _ = tx.send(fired);
         }
         match next {
             None => std::thread::park(),
-            Some(at) => {
+            Some(fire_at) => {
+                let margin = lead(&OVERSLEEP_NS) + SPIN;
                 let now = std::time::Instant::now();
-                let left = at.saturating_duration_since(now);
-                if left > SPIN {
+                if fire_at.saturating_duration_since(now) > margin {
+                    let wake_at = fire_at - margin;
                     // Woken early by a new earliest deadline, or by the timeout.
-                    std::thread::park_timeout(left - SPIN);
+                    std::thread::park_timeout(wake_at - now);
+                    let woke = std::time::Instant::now();
+                    if woke >= wake_at {
+                        observe(&OVERSLEEP_NS, woke - wake_at);
+                    }
                 } else {
                     // Close enough: spin to it rather than risk a late wake-up.
-                    while std::time::Instant::now() < at {
+                    while std::time::Instant::now() < fire_at {
                         std::hint::spin_loop();
                     }
                 }
