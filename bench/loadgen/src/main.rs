@@ -63,19 +63,34 @@ enum Cmd {
         /// Stop after this many bytes (default: until EOF).
         #[arg(long)]
         bytes: Option<u64>,
+        /// Also report a steady rate that ignores the first SECS seconds: bytes of the reads
+        /// after the first read completed at or after SECS, divided by the time from that read
+        /// to the last one.
+        #[arg(long, default_value_t = 0.0)]
+        skip: f64,
     },
-    /// Client: one connection, TCP_NODELAY, write --size bytes and read them back; RTT histogram.
+    /// Client: TCP_NODELAY connection(s), write --size bytes and read them back; RTT histogram.
     PingPong {
         #[command(flatten)]
         cli: ClientOpts,
         #[arg(long, default_value_t = 32)]
         size: usize,
-        /// Maximum measured round trips.
+        /// Maximum measured round trips (in total, over all connections).
         #[arg(long, default_value_t = 2_000_000)]
         count: u64,
-        /// Round trips done before measuring.
+        /// Round trips done before measuring (per connection).
         #[arg(long, default_value_t = 2000)]
         warmup: u64,
+        /// Connections doing ping-pong at the same time; their samples are merged.
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        /// Also print every round trip ("samples_ns", in the order measured per connection).
+        #[arg(long)]
+        raw: bool,
+        /// Idle microseconds between measured round trips (not timed), to reproduce the idle
+        /// spells a delayed exchange has.
+        #[arg(long, default_value_t = 0)]
+        gap_us: u64,
     },
     /// Client: C keep-alive connections doing GET / back to back; req/s and latency quantiles.
     HttpLoad {
@@ -143,6 +158,7 @@ enum J {
     F(f64),
     U(u64),
     B(bool),
+    L(Vec<u64>),
 }
 
 fn emit(pairs: &[(&str, J)]) {
@@ -171,6 +187,16 @@ fn emit(pairs: &[(&str, J)]) {
             J::F(_) => s.push_str("null"),
             J::U(x) => s.push_str(&x.to_string()),
             J::B(x) => s.push_str(if *x { "true" } else { "false" }),
+            J::L(v) => {
+                s.push('[');
+                for (i, x) in v.iter().enumerate() {
+                    if i > 0 {
+                        s.push(',');
+                    }
+                    s.push_str(&x.to_string());
+                }
+                s.push(']');
+            }
         }
     }
     s.push('}');
@@ -423,7 +449,7 @@ async fn idle_conn(mut s: TcpStream) {
 // ---------------------------------------------------------------------------------------------
 // clients
 
-async fn bulk(cli: ClientOpts, limit: Option<u64>) -> i32 {
+async fn bulk(cli: ClientOpts, limit: Option<u64>, skip: f64) -> i32 {
     let addr = match loopback(&cli.addr) {
         Ok(a) => a,
         Err(e) => return fail("bulk", e),
@@ -434,10 +460,16 @@ async fn bulk(cli: ClientOpts, limit: Option<u64>) -> i32 {
         Err(e) => return fail("bulk", format!("connect {addr}: {e}")),
     };
     let t0 = Instant::now();
+    let steady_from = t0 + secs(skip);
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     let mut eof = false;
     let mut err = String::new();
+    let mut first_byte: Option<Instant> = None;
+    // (time, bytes read so far) at the first read completed at or after `steady_from`, and at the last read
+    let mut mark_a: Option<(Instant, u64)> = None;
+    let mut mark_b: Option<(Instant, u64)> = None;
+    let mut steady_reads = 0u64;
     while limit.is_none_or(|l| total < l) {
         match timeout_at(end, s.read(&mut buf)).await {
             Err(_) => break,
@@ -445,7 +477,19 @@ async fn bulk(cli: ClientOpts, limit: Option<u64>) -> i32 {
                 eof = true;
                 break;
             }
-            Ok(Ok(n)) => total += n as u64,
+            Ok(Ok(n)) => {
+                let now = Instant::now();
+                total += n as u64;
+                first_byte.get_or_insert(now);
+                if now >= steady_from {
+                    if mark_a.is_none() {
+                        mark_a = Some((now, total));
+                    } else {
+                        steady_reads += 1;
+                        mark_b = Some((now, total));
+                    }
+                }
+            }
             Ok(Err(e)) => {
                 err = e.to_string();
                 break;
@@ -453,11 +497,24 @@ async fn bulk(cli: ClientOpts, limit: Option<u64>) -> i32 {
         }
     }
     let el = t0.elapsed().as_secs_f64();
+    let (steady_bytes, steady_secs) = match (mark_a, mark_b) {
+        (Some((ta, ba)), Some((tb, bb))) => (bb - ba, (tb - ta).as_secs_f64()),
+        _ => (0, 0.0),
+    };
     emit(&[
         ("test", J::S("bulk".into())),
         ("bytes", J::U(total)),
         ("secs", J::F(el)),
         ("mb_per_s", J::F(total as f64 / el / 1e6)),
+        ("first_byte_s", J::F(first_byte.map_or(f64::NAN, |t| (t - t0).as_secs_f64()))),
+        ("skip_s", J::F(skip)),
+        ("steady_bytes", J::U(steady_bytes)),
+        ("steady_secs", J::F(steady_secs)),
+        ("steady_reads", J::U(steady_reads)),
+        (
+            "steady_bytes_per_s",
+            J::F(if steady_secs > 0.0 { steady_bytes as f64 / steady_secs } else { f64::NAN }),
+        ),
         ("eof", J::B(eof)),
         ("error", J::S(err)),
     ]);
@@ -469,19 +526,23 @@ fn fail(test: &str, e: String) -> i32 {
     1
 }
 
-async fn ping_pong(cli: ClientOpts, size: usize, count: u64, warmup: u64) -> i32 {
-    let addr = match loopback(&cli.addr) {
-        Ok(a) => a,
-        Err(e) => return fail("ping-pong", e),
-    };
-    let size = size.max(1);
+/// One ping-pong connection: warm-up round trips (until `warm_end`), then up to `count` measured
+/// ones for `duration`. Returns the round trips in nanoseconds and the error that stopped it, if any.
+async fn pp_conn(
+    addr: SocketAddr,
+    size: usize,
+    count: u64,
+    warmup: u64,
+    warm_end: Instant,
+    duration: Duration,
+    gap_us: u64,
+) -> (Vec<u64>, String) {
     let mut s = match connect(addr, true).await {
         Ok(s) => s,
-        Err(e) => return fail("ping-pong", format!("connect {addr}: {e}")),
+        Err(e) => return (Vec::new(), format!("connect {addr}: {e}")),
     };
     let msg = vec![b'p'; size];
     let mut rbuf = vec![0u8; size];
-    let warm_end = Instant::now() + secs(cli.duration.min(2.0));
     for _ in 0..warmup {
         if Instant::now() >= warm_end {
             break;
@@ -492,14 +553,17 @@ async fn ping_pong(cli: ClientOpts, size: usize, count: u64, warmup: u64) -> i32
         })
         .await;
         if !matches!(r, Ok(Ok(_))) {
-            return fail("ping-pong", "warmup round trip failed".into());
+            return (Vec::new(), "warmup round trip failed".into());
         }
     }
     let mut lat: Vec<u64> = Vec::with_capacity(count.min(2_000_000) as usize);
-    let start = Instant::now();
-    let end = start + secs(cli.duration);
     let mut err = String::new();
+    let end = Instant::now() + duration;
     while (lat.len() as u64) < count && lat.len() < 20_000_000 {
+        if gap_us > 0 {
+            // A blocking sleep on purpose: exact to ~0.1 ms, and this client has nothing else to do.
+            std::thread::sleep(Duration::from_micros(gap_us));
+        }
         let t0 = Instant::now();
         if t0 >= end {
             break;
@@ -521,6 +585,41 @@ async fn ping_pong(cli: ClientOpts, size: usize, count: u64, warmup: u64) -> i32
             }
         }
     }
+    (lat, err)
+}
+
+async fn ping_pong(cli: ClientOpts, size: usize, count: u64, warmup: u64, conns: usize, raw: bool, gap_us: u64) -> i32 {
+    let addr = match loopback(&cli.addr) {
+        Ok(a) => a,
+        Err(e) => return fail("ping-pong", e),
+    };
+    let size = size.max(1);
+    let conns = conns.clamp(1, 1000);
+    let per_conn = count.div_ceil(conns as u64);
+    let warm_end = Instant::now() + secs(cli.duration.min(2.0));
+    let start = Instant::now();
+    let duration = secs(cli.duration);
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| tokio::spawn(pp_conn(addr, size, per_conn, warmup, warm_end, duration, gap_us)))
+        .collect();
+    let mut lat: Vec<u64> = Vec::new();
+    let mut err = String::new();
+    let mut failed = 0u64;
+    for t in tasks {
+        match t.await {
+            Ok((l, e)) => {
+                if !e.is_empty() {
+                    failed += 1;
+                    err = e;
+                }
+                lat.extend_from_slice(&l);
+            }
+            Err(e) => {
+                failed += 1;
+                err = e.to_string();
+            }
+        }
+    }
     let el = start.elapsed().as_secs_f64();
     let n = lat.len() as u64;
     let mut out = vec![
@@ -528,7 +627,12 @@ async fn ping_pong(cli: ClientOpts, size: usize, count: u64, warmup: u64) -> i32
         ("count", J::U(n)),
         ("secs", J::F(el)),
         ("size", J::U(size as u64)),
+        ("conns", J::U(conns as u64)),
+        ("failed_conns", J::U(failed)),
     ];
+    if raw {
+        out.push(("samples_ns", J::L(lat.clone())));
+    }
     out.extend(quantiles(&mut lat));
     out.push(("error", J::S(err)));
     emit(&out);
@@ -874,8 +978,10 @@ fn main() {
                 serve("http-server", srv, move |s| http_conn(s, keep.clone(), close.clone())).await
             }
             Cmd::IdleServer { srv } => serve("idle-server", srv, idle_conn).await,
-            Cmd::Bulk { cli, bytes } => bulk(cli, bytes).await,
-            Cmd::PingPong { cli, size, count, warmup } => ping_pong(cli, size, count, warmup).await,
+            Cmd::Bulk { cli, bytes, skip } => bulk(cli, bytes, skip).await,
+            Cmd::PingPong { cli, size, count, warmup, conns, raw, gap_us } => {
+                ping_pong(cli, size, count, warmup, conns, raw, gap_us).await
+            }
             Cmd::HttpLoad { cli, conns, warmup, cpu_pid } => http_load(cli, conns, warmup, cpu_pid).await,
             Cmd::ConnRate { cli, conns, warmup } => conn_rate(cli, conns, warmup).await,
             Cmd::IdleHold { cli, conns, parallel } => idle_hold(cli, conns, parallel).await,

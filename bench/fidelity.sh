@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Fault fidelity benchmark: how faithful fallacy's latency, latency-distribution and bandwidth
+# toxics are, measured through the release binary on loopback, with a direct connection measured
+# in the same run as the reference. Prints a Markdown table and writes bench/results/fidelity.md
+# (+ .json). See bench/README.md. Only processes started here are stopped (by PID, on exit).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+
+QUICK=0
+BUILD=1
+FALLACY_BIN="$ROOT/target/release/fallacy"
+OUT="$HERE/results/fidelity.md"
+STRICT=""
+KEEP=0
+SEED=1
+
+usage() {
+  cat <<EOF
+usage: bench/fidelity.sh [options]
+  --quick             fewer samples and repetitions (under 2 minutes)
+  --no-build          do not run cargo build (use the binaries already built)
+  --fallacy-bin PATH  fallacy binary (default target/release/fallacy; not built when given)
+  --seed N            fallacy serve --seed N (default 1)
+  --out FILE          Markdown result (default bench/results/fidelity.md; a .json sits beside it)
+  --strict            exit 1 when a target is missed (an unsupported toxic is not a miss)
+  --keep-logs         keep the temporary directory with server and fallacy logs
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --no-build) BUILD=0 ;;
+    --fallacy-bin) FALLACY_BIN="$2"; shift ;;
+    --seed) SEED="$2"; shift ;;
+    --out) OUT="$2"; shift ;;
+    --strict) STRICT="--strict" ;;
+    --keep-logs) KEEP=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { echo "[fidelity $(date +%H:%M:%S)] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+WORK=$(mktemp -d /tmp/fallacy-fidelity.XXXXXX)
+PIDS=()
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for _ in $(seq 1 30); do
+    local left=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  wait 2>/dev/null
+  if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
+    log "logs kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
+
+# ---------------------------------------------------------------------------------------------
+# build
+LOADGEN="$HERE/loadgen/target/release/loadgen"
+if [ "$BUILD" = 1 ]; then
+  log "building loadgen (release)"
+  (cd "$HERE/loadgen" && cargo build --release --quiet) || die "loadgen build failed"
+  if [ "$FALLACY_BIN" = "$ROOT/target/release/fallacy" ]; then
+    log "building fallacy (release)"
+    (cd "$ROOT" && cargo build --release --quiet --bin fallacy) || die "fallacy build failed"
+  fi
+fi
+[ -x "$LOADGEN" ] || die "$LOADGEN missing (run without --no-build)"
+[ -x "$FALLACY_BIN" ] || die "$FALLACY_BIN missing (build it first)"
+
+# which fallacy this is: the commit, and whether the source tree differed from it
+FALLACY_COMMIT=$(git -C "$ROOT" log -1 --format=%h 2>/dev/null || echo "no commit")
+if [ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+  FALLACY_COMMIT="$FALLACY_COMMIT + uncommitted changes in src/ or Cargo.*"
+fi
+FALLACY_BUILT=$(date -r "$FALLACY_BIN" '+%Y-%m-%d %H:%M:%S' 2>/dev/null || echo "?")
+
+# ---------------------------------------------------------------------------------------------
+# upstream servers (loadgen), each on a free loopback port it picks itself
+SERVER_LIFETIME=900
+
+wait_line() { # FILE PATTERN PID: wait (at most 10 s) for a line matching PATTERN in FILE
+  local i
+  for i in $(seq 1 100); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+json_listen() { sed -n 's/.*"listen":"\([^"]*\)".*/\1/p' "$1" | sed -n 1p; }
+
+declare -A UP
+start_upstream() { # ROLE SUBCOMMAND [ARGS...]
+  local role=$1; shift
+  "$LOADGEN" "$@" --listen 127.0.0.1:0 --duration "$SERVER_LIFETIME" >"$WORK/up-$role.json" 2>"$WORK/up-$role.err" &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_line "$WORK/up-$role.json" '"listen"' "$pid" || die "upstream $role did not start: $(cat "$WORK/up-$role.err")"
+  UP[$role]=$(json_listen "$WORK/up-$role.json")
+  log "upstream $role on ${UP[$role]} (pid $pid)"
+}
+# the source writes far more than any client reads; clients stop on their own deadline
+start_upstream source source --bytes 1000000000000
+start_upstream echo echo
+
+# ---------------------------------------------------------------------------------------------
+# fallacy: admin API on a free port; fidelity.py creates the proxies and toxics through it
+"$FALLACY_BIN" serve --admin 127.0.0.1:0 --seed "$SEED" >"$WORK/fallacy.out" 2>"$WORK/fallacy.err" &
+FA_PID=$!
+PIDS+=("$FA_PID")
+wait_line "$WORK/fallacy.out" 'http://' "$FA_PID" \
+  || die "fallacy did not start: $(tail -n 5 "$WORK/fallacy.err")"
+ADMIN=$(sed -n 's#.*\(http://[^ ]*\).*#\1#p' "$WORK/fallacy.out" | sed -n 1p)
+FALLACY_VERSION=$( (curl -s -m 5 "$ADMIN/version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])') 2>/dev/null || echo "?")
+log "fallacy $FALLACY_VERSION ($FALLACY_COMMIT, built $FALLACY_BUILT), pid $FA_PID, admin $ADMIN"
+
+# ---------------------------------------------------------------------------------------------
+# measure
+python3 - "$WORK/config.json" <<EOF
+import json, sys
+cfg = {
+  "loadgen": "$LOADGEN",
+  "admin": "$ADMIN",
+  "upstreams": {"echo": "${UP[echo]}", "source": "${UP[source]}"},
+  "fallacy_pid": $FA_PID,
+  "pids": [$(IFS=,; echo "${PIDS[*]}")],
+  "meta": {"fallacy_version": "$FALLACY_VERSION", "fallacy_commit": "$FALLACY_COMMIT",
+           "fallacy_built": "$FALLACY_BUILT", "fallacy_bin": "$FALLACY_BIN", "seed": "$SEED"},
+}
+json.dump(cfg, open(sys.argv[1], "w"), indent=1)
+EOF
+
+EXTRA=()
+[ "$QUICK" = 1 ] && EXTRA+=(--quick)
+[ -n "$STRICT" ] && EXTRA+=("$STRICT")
+# in the background, so that a signal reaches the trap (and the cleanup) at once
+python3 "$HERE/fidelity.py" --config "$WORK/config.json" --out "$OUT" "${EXTRA[@]}" &
+PY_PID=$!
+PIDS=("$PY_PID" "${PIDS[@]}")
+rc=0
+wait "$PY_PID" || rc=$?
+PIDS=("${PIDS[@]:1}")
+exit "$rc"
