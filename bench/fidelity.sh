@@ -44,47 +44,13 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-log() { echo "[fidelity $(date +%H:%M:%S)] $*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-WORK=$(mktemp -d /tmp/fallacy-fidelity.XXXXXX)
-PIDS=()
-cleanup() {
-  local rc=$?
-  set +e
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for _ in $(seq 1 30); do
-    local left=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
-    [ "$left" = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
-  wait 2>/dev/null
-  if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
-    log "logs kept in $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+bench_init fidelity
 
 # ---------------------------------------------------------------------------------------------
 # build
-LOADGEN="$HERE/loadgen/target/release/loadgen"
-if [ "$BUILD" = 1 ]; then
-  log "building loadgen (release)"
-  (cd "$HERE/loadgen" && cargo build --release --quiet) || die "loadgen build failed"
-  if [ "$FALLACY_BIN" = "$ROOT/target/release/fallacy" ]; then
-    log "building fallacy (release)"
-    (cd "$ROOT" && cargo build --release --quiet --bin fallacy) || die "fallacy build failed"
-  fi
-fi
-[ -x "$LOADGEN" ] || die "$LOADGEN missing (run without --no-build)"
-[ -x "$FALLACY_BIN" ] || die "$FALLACY_BIN missing (build it first)"
+bench_build 1
 
 # which fallacy this is: the commit, and whether the source tree differed from it
 FALLACY_COMMIT=$(git -C "$ROOT" log -1 --format=%h 2>/dev/null || echo "no commit")
