@@ -430,3 +430,27 @@ fn toml_duration_attributes_and_defaults() {
     assert_eq!(load("empty.toml"), Config::default());
     assert_eq!(load("empty.json"), Config::default());
 }
+
+/// The README shows the annotated example in full; it must not drift from the file.
+#[test]
+fn the_readme_embeds_the_annotated_example_verbatim() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let example = std::fs::read_to_string(format!("{root}/config/fallacy.toml")).unwrap();
+    let start = readme
+        .find("<!-- CONFIG:BEGIN -->")
+        .expect("README has no CONFIG:BEGIN marker");
+    let end = readme
+        .find("<!-- CONFIG:END -->")
+        .expect("README has no CONFIG:END marker");
+    let block = &readme[start..end];
+    let code = block
+        .split_once("```toml\n")
+        .and_then(|(_, rest)| rest.rsplit_once("```"))
+        .map(|(code, _)| code)
+        .expect("no ```toml block between the markers");
+    assert_eq!(
+        code, example,
+        "README's copy of config/fallacy.toml is out of date"
+    );
+}
