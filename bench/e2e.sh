@@ -82,31 +82,9 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # upstream servers (loadgen), each on a free loopback port it picks itself
-SERVER_LIFETIME=900
 SOURCE_BYTES=4000000000
 [ "$QUICK" = 1 ] && SOURCE_BYTES=2000000000
 
-wait_line() { # FILE PATTERN PID: wait (at most 10 s) for a line matching PATTERN in FILE
-  local i
-  for i in $(seq 1 100); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    kill -0 "$3" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-json_listen() { sed -n 's/.*"listen":"\([^"]*\)".*/\1/p' "$1" | sed -n 1p; }
-
-declare -A UP
-start_upstream() { # ROLE SUBCOMMAND [ARGS...]
-  local role=$1; shift
-  "$LOADGEN" "$@" --listen 127.0.0.1:0 --duration "$SERVER_LIFETIME" >"$WORK/up-$role.json" 2>"$WORK/up-$role.err" &
-  local pid=$!
-  PIDS+=("$pid")
-  wait_line "$WORK/up-$role.json" '"listen"' "$pid" || die "upstream $role did not start: $(cat "$WORK/up-$role.err")"
-  UP[$role]=$(json_listen "$WORK/up-$role.json")
-  log "upstream $role on ${UP[$role]} (pid $pid)"
-}
 start_upstream source source --bytes "$SOURCE_BYTES"
 start_upstream echo echo
 start_upstream http http-server --body 100

@@ -51,3 +51,28 @@ bench_build() {
     [ -x "$FALLACY_BIN" ] || die "$FALLACY_BIN missing (build it first)"
   fi
 }
+
+# Upstream servers (loadgen) live at most this long, whatever happens to the script.
+SERVER_LIFETIME=900
+
+wait_line() { # FILE PATTERN PID: wait (at most 10 s) for a line matching PATTERN in FILE
+  local i
+  for i in $(seq 1 100); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+json_listen() { sed -n 's/.*"listen":"\([^"]*\)".*/\1/p' "$1" | sed -n 1p; }
+
+declare -A UP
+start_upstream() { # ROLE SUBCOMMAND [ARGS...]: a loadgen server on a port it picks; UP[ROLE]=addr
+  local role=$1; shift
+  "$LOADGEN" "$@" --listen 127.0.0.1:0 --duration "$SERVER_LIFETIME" >"$WORK/up-$role.json" 2>"$WORK/up-$role.err" &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_line "$WORK/up-$role.json" '"listen"' "$pid" || die "upstream $role did not start: $(cat "$WORK/up-$role.err")"
+  UP[$role]=$(json_listen "$WORK/up-$role.json")
+  log "upstream $role on ${UP[$role]} (pid $pid)"
+}

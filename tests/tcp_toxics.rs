@@ -12,8 +12,8 @@ use fallacy::config::Config;
 use rstest::rstest;
 use serde_json::{Value, json};
 use support::{
-    Echo, Fallacy, Silent, assert_closed, assert_reset, assert_took, connect, random_bytes,
-    read_exact, read_to_end, round_trip,
+    Echo, Fallacy, Silent, assert_closed, assert_reset, assert_silent, assert_took, connect,
+    random_bytes, read_exact, read_to_end, round_trip,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -209,9 +209,7 @@ async fn timeout_zero_holds_until_removed_then_closes() {
         .await;
     let mut s = connect(addr).await;
     s.write_all(b"lost").await.unwrap();
-    let mut buf = [0u8; 8];
-    let waited = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
-    assert!(waited.is_err(), "connection must stay open and silent");
+    assert_silent(&mut s, Duration::from_millis(300)).await;
     assert_eq!(
         f.call_raw("DELETE", "/proxies/p/toxics/hole", None).await.0,
         204
@@ -230,12 +228,7 @@ async fn reset_peer_resets_after_the_first_data() {
     .await;
     let mut s = connect(addr).await;
     // Idle: nothing happens.
-    let mut buf = [0u8; 8];
-    assert!(
-        tokio::time::timeout(Duration::from_millis(250), s.read(&mut buf))
-            .await
-            .is_err()
-    );
+    assert_silent(&mut s, Duration::from_millis(250)).await;
     let start = Instant::now();
     s.write_all(b"boom").await.unwrap();
     assert_reset(&mut s, Duration::from_secs(5)).await;
@@ -437,12 +430,7 @@ async fn upstream_change_applies_to_new_connections_only() {
     // A new one goes to the silent upstream: no echo.
     let mut new = connect(addr).await;
     new.write_all(b"hello").await.unwrap();
-    let mut buf = [0u8; 5];
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), new.read(&mut buf))
-            .await
-            .is_err()
-    );
+    assert_silent(&mut new, Duration::from_millis(300)).await;
 }
 
 #[tokio::test]

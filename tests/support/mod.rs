@@ -236,6 +236,13 @@ pub fn assert_took(took: Duration, at_least: Duration, slack: Duration) {
     );
 }
 
+/// Asserts the peer sends nothing and keeps the connection open for `for_at_least`.
+pub async fn assert_silent(s: &mut TcpStream, for_at_least: Duration) {
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(for_at_least, s.read(&mut buf)).await;
+    assert!(read.is_err(), "expected silence, got {read:?}");
+}
+
 /// Asserts the next read fails with a connection reset, within `within`.
 pub async fn assert_reset(s: &mut TcpStream, within: Duration) {
     let mut buf = [0u8; 64];
