@@ -163,7 +163,7 @@ pub enum Side {
     Upstream,
 }
 
-/// Why a connection could not be set up or ended abnormally.
+/// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
     /// The upstream refused, was unreachable or did not resolve.
@@ -181,14 +181,6 @@ pub enum ConnError {
         upstream: String,
         /// The timeout that expired.
         timeout: Duration,
-    },
-    /// Reading or writing one leg failed.
-    #[error("{side:?} side: {source}")]
-    Io {
-        /// The leg.
-        side: Side,
-        /// The OS error.
-        source: std::io::Error,
     },
 }
 

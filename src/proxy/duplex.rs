@@ -214,29 +214,19 @@ impl Half {
         let stop = &shared.stop;
         let mut buf = BytesMut::new();
         let mut changes_open = true;
+        // A stand-in deadline for the disabled timer branch, computed once rather than per
+        // chunk (select! evaluates every branch's expression, enabled or not).
+        let never = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
-            // 1. Write whatever is due, then act on a due end.
-            let now = Instant::now();
-            if let Err(err) = self.flush_due(now, dst, stop).await {
-                return self.write_failed(err, shared);
-            }
-            if let Some(pending) = self.pending {
-                let due = pending.at() <= now;
-                match pending {
-                    Pending::Reset(_) if due => {
-                        shared.end(END_RESET);
-                        return HalfEnd::Ended;
-                    }
-                    Pending::Close(_) if due && self.queue.is_empty() => {
-                        shared.end(END_CLOSE);
-                        return HalfEnd::Ended;
-                    }
-                    Pending::Fin(_) if due && self.queue.is_empty() => {
-                        // Half-close: only our write side towards the destination.
-                        let _ = SockRef::from(dst).shutdown(Shutdown::Write);
-                        return HalfEnd::Finished;
-                    }
-                    _ => {}
+            // 1. Write whatever is due, then act on a due end. The fast path (nothing queued,
+            //    nothing pending) skips this, clock read included.
+            if !self.queue.is_empty() || self.pending.is_some() {
+                let now = Instant::now();
+                if let Err(err) = self.flush_due(now, dst, stop).await {
+                    return self.write_failed(err, shared);
+                }
+                if let Some(end) = self.due_end(now, dst, shared) {
+                    return end;
                 }
             }
 
@@ -256,7 +246,7 @@ impl Half {
                     // The link is gone; the proxy's stop token will end us.
                     Err(_) => changes_open = false,
                 },
-                _ = crate::timer::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                _ = crate::timer::sleep_until(wake.unwrap_or(never)), if wake.is_some() => {
                     self.fire_deadlines(Instant::now());
                 }
                 ready = src.readable(), if can_read => {
@@ -309,6 +299,28 @@ impl Half {
                     }
                 }
             }
+        }
+    }
+
+    /// Acts on a pending end whose time has come: RST, close, or the FIN of a half-close.
+    fn due_end(&self, now: Instant, dst: &TcpStream, shared: &Shared<'_>) -> Option<HalfEnd> {
+        let pending = self.pending?;
+        let due = pending.at() <= now;
+        match pending {
+            Pending::Reset(_) if due => {
+                shared.end(END_RESET);
+                Some(HalfEnd::Ended)
+            }
+            Pending::Close(_) if due && self.queue.is_empty() => {
+                shared.end(END_CLOSE);
+                Some(HalfEnd::Ended)
+            }
+            Pending::Fin(_) if due && self.queue.is_empty() => {
+                // Half-close: only our write side towards the destination.
+                let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+                Some(HalfEnd::Finished)
+            }
+            _ => None,
         }
     }
 
@@ -605,8 +617,4 @@ mod pool {
             });
         }
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
 }
