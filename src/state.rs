@@ -204,6 +204,13 @@ impl Store {
     }
 
     fn build(&self, new: NewProxy, toxics: Vec<ToxicSpec>) -> Result<Entry, Error> {
+        // Bind before anything else exists: a proxy that cannot listen leaves no trace, not
+        // even an empty metric series under its name.
+        let listener = if new.enabled {
+            Some(bind(&new.listen)?)
+        } else {
+            None
+        };
         let link = Arc::new(Link::new(
             &new.name,
             &new.upstream,
@@ -217,8 +224,8 @@ impl Store {
             running: None,
             toxics,
         };
-        if new.enabled {
-            self.start(&mut entry)?;
+        if let Some(listener) = listener {
+            self.serve(&mut entry, listener)?;
         }
         Ok(entry)
     }
@@ -406,6 +413,11 @@ impl Store {
     /// Binds the entry's listen address and spawns its accept loop.
     fn start(&self, entry: &mut Entry) -> Result<(), Error> {
         let listener = bind(&entry.listen)?;
+        self.serve(entry, listener)
+    }
+
+    /// Spawns the accept loop of an already bound listener.
+    fn serve(&self, entry: &mut Entry, listener: TcpListener) -> Result<(), Error> {
         let addr = listener
             .local_addr()
             .map_err(|e| listen_error(&entry.listen, &e))?;

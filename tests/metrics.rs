@@ -193,3 +193,19 @@ async fn every_metric_has_help_text() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_proxy_that_cannot_listen_leaves_no_metric_series() {
+    let f = Running::start().await;
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = blocker.local_addr().unwrap().to_string();
+    let resp = f
+        .http
+        .post(format!("http://{}/proxies", f.admin))
+        .json(&json!({"name": "ghost", "listen": taken, "upstream": "127.0.0.1:1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    assert!(!f.scrape().await.contains("proxy=\"ghost\""));
+}
