@@ -570,3 +570,42 @@ async fn a_seed_replays_the_same_delays() {
         "another seed should draw other delays: {a:?} vs {c:?}"
     );
 }
+
+/// A reader slower than its writer keeps the proxy's writes blocked and its read side full:
+/// the case where a swallowed readiness edge would hang the connection for good (the writer
+/// blocked on a full window sends nothing more, so no new edge comes). Every byte must arrive.
+#[rstest]
+#[case::no_toxic(None)]
+#[case::latency(Some(json!({"type": "latency", "stream": "downstream", "attributes": {"latency": 1}})))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_every_byte(#[case] toxic: Option<Value>) {
+    let (f, _echo, addr) = setup().await;
+    if let Some(t) = toxic {
+        f.toxic("p", t).await;
+    }
+    let data = random_bytes(24 << 20, 11);
+    let mut s = connect(addr).await;
+    let (mut r, mut w) = s.split();
+    let send = async {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let recv = async {
+        let mut out = Vec::with_capacity(data.len());
+        let mut buf = vec![0u8; 48 * 1024];
+        loop {
+            match r.read(&mut buf).await.unwrap() {
+                0 => break out,
+                n => out.extend_from_slice(&buf[..n]),
+            }
+            // Slower than the proxy, so its writes towards us block again and again.
+            tokio::time::sleep(Duration::from_micros(300)).await;
+        }
+    };
+    let joined = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(send, recv) });
+    let ((), out) = joined
+        .await
+        .expect("the transfer stalled: a wake-up was lost");
+    assert_eq!(out.len(), data.len());
+    assert!(out == data, "bytes differ");
+}
