@@ -65,6 +65,8 @@ FALLACY_BUILT=$(date -r "$FALLACY_BIN" '+%Y-%m-%d %H:%M:%S' 2>/dev/null || echo 
 # the source writes far more than any client reads; clients stop on their own deadline
 start_upstream source source --bytes 1000000000000
 start_upstream echo echo
+# one-way delays: answers each message with its kernel receive timestamp minus its send time
+start_upstream stamp stamp-server
 
 # ---------------------------------------------------------------------------------------------
 # fallacy: admin API on a free port; fidelity.py creates the proxies and toxics through it
@@ -84,7 +86,7 @@ import json, sys
 cfg = {
   "loadgen": "$LOADGEN",
   "admin": "$ADMIN",
-  "upstreams": {"echo": "${UP[echo]}", "source": "${UP[source]}"},
+  "upstreams": {"echo": "${UP[echo]}", "source": "${UP[source]}", "stamp": "${UP[stamp]}"},
   "fallacy_pid": $FA_PID,
   "pids": [$(IFS=,; echo "${PIDS[*]}")],
   "meta": {"fallacy_version": "$FALLACY_VERSION", "fallacy_commit": "$FALLACY_COMMIT",

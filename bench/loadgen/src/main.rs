@@ -51,6 +51,14 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         body: usize,
     },
+    /// Server: for one-way delays. Reads 16-byte messages whose first 8 bytes are the sender's
+    /// CLOCK_REALTIME in ns (little endian) and answers each with 16 bytes: the one-way delay
+    /// in ns, from the kernel's receive timestamp (SO_TIMESTAMPNS), so this server's own
+    /// wake-up is not in the figure. Pair with `ping-pong --stamp`.
+    StampServer {
+        #[command(flatten)]
+        srv: ServerOpts,
+    },
     /// Server: sends one byte ("!") on accept, then holds the connection until the peer closes.
     IdleServer {
         #[command(flatten)]
@@ -91,6 +99,10 @@ enum Cmd {
         /// spells a delayed exchange has.
         #[arg(long, default_value_t = 0)]
         gap_us: u64,
+        /// Talk to a stamp-server: each sample is the one-way delay it measured (send to
+        /// kernel receive), not the round trip. Forces --size 16.
+        #[arg(long)]
+        stamp: bool,
     },
     /// Client: C keep-alive connections doing GET / back to back; req/s and latency quantiles.
     HttpLoad {
@@ -446,6 +458,93 @@ async fn idle_conn(mut s: TcpStream) {
     }
 }
 
+/// CLOCK_REALTIME in ns: the clock SO_TIMESTAMPNS stamps with, shared by every process.
+fn realtime_ns() -> i128 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer; CLOCK_REALTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut t) };
+    t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
+}
+
+/// One non-blocking recvmsg; returns the bytes read and the kernel receive timestamp (ns,
+/// CLOCK_REALTIME) of the last segment read, when the kernel gave one.
+fn recv_stamped(fd: std::os::fd::RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<i128>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: fd is an open socket owned by the caller; msg points at live buffers.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_* walk stays within msg_controllen, as the kernel filled it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let t: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                stamp = Some(t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, stamp))
+}
+
+async fn stamp_conn(mut s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let _ = s.set_nodelay(true);
+    let fd = s.as_raw_fd();
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on an open socket with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, (&on as *const libc::c_int).cast(),
+                         std::mem::size_of::<libc::c_int>() as _)
+    };
+    if rc != 0 {
+        eprintln!("loadgen stamp-server: SO_TIMESTAMPNS: {}", std::io::Error::last_os_error());
+        return;
+    }
+    let mut msg = [0u8; 16];
+    let mut have = 0usize;
+    loop {
+        if s.readable().await.is_err() {
+            return;
+        }
+        let got = s.try_io(tokio::io::Interest::READABLE, || recv_stamped(fd, &mut msg[have..]));
+        let (n, stamp) = match got {
+            Ok((0, _)) => return,
+            Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        };
+        have += n;
+        if have < msg.len() {
+            continue;
+        }
+        have = 0;
+        let sent = i64::from_le_bytes(msg[..8].try_into().unwrap_or_default()) as i128;
+        // Without a kernel stamp, fall back to "now" (includes this server's wake-up) and say so.
+        let (arrived, flag) = match stamp {
+            Some(t) => (t, 0u64),
+            None => (realtime_ns(), 1u64),
+        };
+        let one_way = (arrived - sent).clamp(0, i64::MAX as i128) as u64;
+        let mut reply = [0u8; 16];
+        reply[..8].copy_from_slice(&one_way.to_le_bytes());
+        reply[8..].copy_from_slice(&flag.to_le_bytes());
+        if s.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // clients
 
@@ -528,6 +627,7 @@ fn fail(test: &str, e: String) -> i32 {
 
 /// One ping-pong connection: warm-up round trips (until `warm_end`), then up to `count` measured
 /// ones for `duration`. Returns the round trips in nanoseconds and the error that stopped it, if any.
+#[allow(clippy::too_many_arguments)]
 async fn pp_conn(
     addr: SocketAddr,
     size: usize,
@@ -536,12 +636,13 @@ async fn pp_conn(
     warm_end: Instant,
     duration: Duration,
     gap_us: u64,
+    stamp: bool,
 ) -> (Vec<u64>, String) {
     let mut s = match connect(addr, true).await {
         Ok(s) => s,
         Err(e) => return (Vec::new(), format!("connect {addr}: {e}")),
     };
-    let msg = vec![b'p'; size];
+    let mut msg = vec![b'p'; size];
     let mut rbuf = vec![0u8; size];
     for _ in 0..warmup {
         if Instant::now() >= warm_end {
@@ -568,12 +669,22 @@ async fn pp_conn(
         if t0 >= end {
             break;
         }
+        if stamp {
+            msg[..8].copy_from_slice(&(realtime_ns() as i64).to_le_bytes());
+        }
         let r = timeout(IO_TIMEOUT, async {
             s.write_all(&msg).await?;
             s.read_exact(&mut rbuf).await
         })
         .await;
         match r {
+            Ok(Ok(_)) if stamp => {
+                if rbuf[8..16] != [0u8; 8] {
+                    err = "the stamp-server got no kernel receive timestamp".into();
+                    break;
+                }
+                lat.push(u64::from_le_bytes(rbuf[..8].try_into().unwrap_or_default()));
+            }
             Ok(Ok(_)) => lat.push(t0.elapsed().as_nanos() as u64),
             Ok(Err(e)) => {
                 err = e.to_string();
@@ -588,19 +699,29 @@ async fn pp_conn(
     (lat, err)
 }
 
-async fn ping_pong(cli: ClientOpts, size: usize, count: u64, warmup: u64, conns: usize, raw: bool, gap_us: u64) -> i32 {
+#[allow(clippy::too_many_arguments)]
+async fn ping_pong(
+    cli: ClientOpts,
+    size: usize,
+    count: u64,
+    warmup: u64,
+    conns: usize,
+    raw: bool,
+    gap_us: u64,
+    stamp: bool,
+) -> i32 {
     let addr = match loopback(&cli.addr) {
         Ok(a) => a,
         Err(e) => return fail("ping-pong", e),
     };
-    let size = size.max(1);
+    let size = if stamp { 16 } else { size.max(1) };
     let conns = conns.clamp(1, 1000);
     let per_conn = count.div_ceil(conns as u64);
     let warm_end = Instant::now() + secs(cli.duration.min(2.0));
     let start = Instant::now();
     let duration = secs(cli.duration);
     let tasks: Vec<_> = (0..conns)
-        .map(|_| tokio::spawn(pp_conn(addr, size, per_conn, warmup, warm_end, duration, gap_us)))
+        .map(|_| tokio::spawn(pp_conn(addr, size, per_conn, warmup, warm_end, duration, gap_us, stamp)))
         .collect();
     let mut lat: Vec<u64> = Vec::new();
     let mut err = String::new();
@@ -629,6 +750,7 @@ async fn ping_pong(cli: ClientOpts, size: usize, count: u64, warmup: u64, conns:
         ("size", J::U(size as u64)),
         ("conns", J::U(conns as u64)),
         ("failed_conns", J::U(failed)),
+        ("one_way", J::B(stamp)),
     ];
     if raw {
         out.push(("samples_ns", J::L(lat.clone())));
@@ -952,6 +1074,7 @@ fn main() {
         Cmd::Echo { srv } => (srv.duration + 10.0, "echo"),
         Cmd::HttpServer { srv, .. } => (srv.duration + 10.0, "http-server"),
         Cmd::IdleServer { srv } => (srv.duration + 10.0, "idle-server"),
+        Cmd::StampServer { srv } => (srv.duration + 10.0, "stamp-server"),
         Cmd::Bulk { cli, .. } => (cli.duration + cli.grace, "bulk"),
         Cmd::PingPong { cli, .. } => (cli.duration + 2.0 + cli.grace, "ping-pong"),
         Cmd::HttpLoad { cli, warmup, .. } => (cli.duration + warmup + cli.grace, "http-load"),
@@ -979,9 +1102,10 @@ fn main() {
             }
             Cmd::IdleServer { srv } => serve("idle-server", srv, idle_conn).await,
             Cmd::Bulk { cli, bytes, skip } => bulk(cli, bytes, skip).await,
-            Cmd::PingPong { cli, size, count, warmup, conns, raw, gap_us } => {
-                ping_pong(cli, size, count, warmup, conns, raw, gap_us).await
+            Cmd::PingPong { cli, size, count, warmup, conns, raw, gap_us, stamp } => {
+                ping_pong(cli, size, count, warmup, conns, raw, gap_us, stamp).await
             }
+            Cmd::StampServer { srv } => serve("stamp-server", srv, stamp_conn).await,
             Cmd::HttpLoad { cli, conns, warmup, cpu_pid } => http_load(cli, conns, warmup, cpu_pid).await,
             Cmd::ConnRate { cli, conns, warmup } => conn_rate(cli, conns, warmup).await,
             Cmd::IdleHold { cli, conns, parallel } => idle_hold(cli, conns, parallel).await,
