@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fallacy::proxy::{Link, Settings, duplex};
+use fallacy::proxy::{Link, Protocol, Settings, duplex};
 use fallacy::toxic::{Envelope, ToxicSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,6 +43,7 @@ async fn path(toxics: Option<usize>, stop: &CancellationToken) -> (TcpStream, Tc
     let link = Arc::new(Link::new(
         "bench",
         "127.0.0.1:1",
+        Protocol::Tcp,
         Arc::new(Settings::default()),
     ));
     link.set_toxics((0..n).map(noop).collect());

@@ -14,6 +14,7 @@ use serde_json::Value;
 use toml::Spanned;
 
 use crate::proxy::DEFAULT_CONNECT_TIMEOUT;
+use crate::proxy::Protocol;
 use crate::state::NewProxy;
 use crate::toxic::{Envelope, ToxicSpec, lowercase_keys};
 use crate::units::parse_duration;
@@ -188,6 +189,10 @@ struct RawProxy {
     #[serde(default)]
     enabled: Option<bool>,
     #[serde(default)]
+    protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    fault_header: Option<bool>,
+    #[serde(default)]
     toxic: Vec<Spanned<RawToxic>>,
 }
 
@@ -205,6 +210,9 @@ struct RawToxic {
     /// Spans per attribute, so an error points at the value at fault.
     #[serde(default)]
     attributes: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
+    /// HTTP proxies: which requests it acts on.
+    #[serde(default, rename = "match")]
+    matcher: Option<Spanned<toml::Value>>,
 }
 
 impl RawToxic {
@@ -217,6 +225,9 @@ impl RawToxic {
             "type" => self.kind.span().start,
             "stream" => start(self.stream.as_ref().map(Spanned::span)),
             "toxicity" => start(self.toxicity.as_ref().map(Spanned::span)),
+            m if m == "match" || m.starts_with("match.") => {
+                start(self.matcher.as_ref().map(Spanned::span))
+            }
             _ => {
                 let Some(attrs) = &self.attributes else {
                     return toxic;
@@ -333,6 +344,13 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
             None => crate::proxy::DEFAULT_LISTEN.to_owned(),
         };
         check_addr(&mut c, &p.upstream, &format!("{field}.upstream"));
+        let protocol = match &p.protocol {
+            None => Protocol::Tcp,
+            Some(raw) => Protocol::parse(raw.get_ref()).unwrap_or_else(|message| {
+                c.at(raw.span().start, format!("{field}.protocol"), message);
+                Protocol::Tcp
+            }),
+        };
         let mut toxics: Vec<ToxicSpec> = Vec::new();
         for (j, raw_toxic) in p.toxic.into_iter().enumerate() {
             let span = raw_toxic.span().start;
@@ -354,9 +372,13 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 stream: t.stream.as_ref().map(|s| s.get_ref().clone()),
                 toxicity: t.toxicity.as_ref().map(|x| *x.get_ref()),
                 attributes,
+                matcher: t
+                    .matcher
+                    .as_ref()
+                    .map(|m| serde_json::to_value(m.get_ref()).unwrap_or(Value::Null)),
             };
             let field = format!("{field}.toxic[{j}]");
-            match toxic_spec(envelope, &toxics) {
+            match toxic_spec(envelope, &toxics, protocol) {
                 Ok(spec) => toxics.push(spec),
                 Err((sub, message)) => {
                     c.at(t.offset_of(&sub, span), join_field(&field, &sub), message)
@@ -369,6 +391,8 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 listen,
                 upstream: p.upstream.into_inner(),
                 enabled: p.enabled.unwrap_or(true),
+                protocol,
+                fault_header: p.fault_header.unwrap_or(true),
             },
             toxics,
         });
@@ -403,7 +427,11 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
 
 /// Validates a toxic the same way the API does, plus name uniqueness within the proxy.
 /// On error returns the sub-field at fault and the message.
-fn toxic_spec(envelope: Envelope, siblings: &[ToxicSpec]) -> Result<ToxicSpec, (String, String)> {
+fn toxic_spec(
+    envelope: Envelope,
+    siblings: &[ToxicSpec],
+    protocol: Protocol,
+) -> Result<ToxicSpec, (String, String)> {
     let head = envelope.head().map_err(|e| {
         let field = match e {
             crate::toxic::EnvelopeError::Stream(_) => "stream",
@@ -433,7 +461,9 @@ fn toxic_spec(envelope: Envelope, siblings: &[ToxicSpec]) -> Result<ToxicSpec, (
             format!("duplicate toxic name {:?} in this proxy", head.name),
         ));
     }
-    envelope.into_spec(head).map_err(|e| (e.path, e.message))
+    let spec = envelope.into_spec(head).map_err(|e| (e.path, e.message))?;
+    spec.fits(protocol).map_err(|e| (e.path, e.message))?;
+    Ok(spec)
 }
 
 fn join_field(base: &str, sub: &str) -> String {
@@ -538,6 +568,17 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 true
             }
         };
+        let protocol = match map.get("protocol") {
+            None | Some(Value::Null) => Protocol::Tcp,
+            Some(Value::String(p)) => Protocol::parse(p).unwrap_or_else(|message| {
+                c.at(at, format!("[{i}].protocol"), message);
+                Protocol::Tcp
+            }),
+            Some(_) => {
+                c.at(at, format!("[{i}].protocol"), "must be a string");
+                Protocol::Tcp
+            }
+        };
         let mut toxics: Vec<ToxicSpec> = Vec::new();
         match map.get("toxics") {
             None | Some(Value::Null) => {}
@@ -549,7 +590,7 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                             crate::toxic::EnvelopeError::Body(message) => (String::new(), message),
                             other => (String::new(), other.to_string()),
                         })
-                        .and_then(|env| toxic_spec(env, &toxics));
+                        .and_then(|env| toxic_spec(env, &toxics, protocol));
                     match result {
                         Ok(spec) => toxics.push(spec),
                         Err((sub, message)) => c.at(at, join_field(&field, &sub), message),
@@ -574,6 +615,8 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                     listen: listen.unwrap_or_else(|| crate::proxy::DEFAULT_LISTEN.to_owned()),
                     upstream,
                     enabled,
+                    protocol,
+                    fault_header: !matches!(map.get("fault_header"), Some(Value::Bool(false))),
                 },
                 toxics,
             });

@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod proxy;
 pub mod shutdown;

@@ -16,6 +16,8 @@ pub const CONNECTIONS_ACTIVE: &str = "fallacy_connections_active";
 pub const BYTES_TOTAL: &str = "fallacy_bytes_total";
 /// Times a toxic was drawn to apply to a connection and direction.
 pub const TOXIC_APPLIED_TOTAL: &str = "fallacy_toxic_applied_total";
+/// HTTP requests received, per proxy.
+pub const REQUESTS_TOTAL: &str = "fallacy_requests_total";
 /// Upstream connects that failed or timed out.
 pub const UPSTREAM_CONNECT_ERRORS_TOTAL: &str = "fallacy_upstream_connect_errors_total";
 /// Admin API requests, by outcome (the HTTP status class).
@@ -35,7 +37,12 @@ pub fn describe() {
     );
     describe_counter!(
         TOXIC_APPLIED_TOTAL,
-        "Connection directions a toxic was applied to (after the toxicity draw)."
+        "Connection directions (TCP) or requests (HTTP) a toxic acted on, after the toxicity \
+         draw and the match."
+    );
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "HTTP requests received by HTTP proxies (each request of a keep-alive connection)."
     );
     describe_counter!(
         UPSTREAM_CONNECT_ERRORS_TOTAL,
@@ -56,6 +63,7 @@ pub(crate) struct ProxyMetrics {
     bytes_upstream: Counter,
     bytes_downstream: Counter,
     connect_errors: Counter,
+    requests: Counter,
 }
 
 impl ProxyMetrics {
@@ -67,6 +75,7 @@ impl ProxyMetrics {
             bytes_upstream: counter!(BYTES_TOTAL, "proxy" => p(), "direction" => "upstream"),
             bytes_downstream: counter!(BYTES_TOTAL, "proxy" => p(), "direction" => "downstream"),
             connect_errors: counter!(UPSTREAM_CONNECT_ERRORS_TOTAL, "proxy" => p()),
+            requests: counter!(REQUESTS_TOTAL, "proxy" => p()),
         }
     }
 
@@ -76,6 +85,10 @@ impl ProxyMetrics {
             Direction::Upstream => self.bytes_upstream.clone(),
             Direction::Downstream => self.bytes_downstream.clone(),
         }
+    }
+
+    pub(crate) fn request(&self) {
+        self.requests.increment(1);
     }
 
     pub(crate) fn upstream_connect_error(&self) {

@@ -14,7 +14,7 @@ pub mod duplex;
 pub mod listener;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -31,6 +31,36 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
 
 /// How long to wait for an upstream connect before giving up on a client connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a proxy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// Bytes: toxics act on the stream (the default, and Toxiproxy's only kind).
+    #[default]
+    Tcp,
+    /// HTTP/1.1 and h2c: toxics act on requests, `match` picks which.
+    Http,
+}
+
+impl Protocol {
+    /// Parses `"tcp"` or `"http"`; the error says what is accepted.
+    pub fn parse(s: &str) -> Result<Protocol, String> {
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "http" => Ok(Protocol::Http),
+            "udp" => Err("\"udp\" is not supported yet; use \"tcp\" or \"http\"".into()),
+            other => Err(format!("must be \"tcp\" or \"http\", got {other:?}")),
+        }
+    }
+
+    /// The name used in the API and config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+        }
+    }
+}
 
 /// Settings every proxy shares.
 #[derive(Debug, Clone)]
@@ -54,6 +84,9 @@ impl Default for Settings {
 #[derive(Debug)]
 pub struct Link {
     name: String,
+    protocol: Protocol,
+    /// HTTP: whether responses a fault touched carry `x-fallacy-fault`.
+    fault_header: AtomicBool,
     upstream: ArcSwap<String>,
     /// All toxics of the proxy in creation order; each connection filters its direction.
     toxics: ArcSwap<Vec<Arc<ToxicSpec>>>,
@@ -66,9 +99,11 @@ pub struct Link {
 
 impl Link {
     /// A link with no toxics.
-    pub fn new(name: &str, upstream: &str, settings: Arc<Settings>) -> Link {
+    pub fn new(name: &str, upstream: &str, protocol: Protocol, settings: Arc<Settings>) -> Link {
         Link {
             name: name.to_owned(),
+            protocol,
+            fault_header: AtomicBool::new(true),
             upstream: ArcSwap::from_pointee(upstream.to_owned()),
             toxics: ArcSwap::from_pointee(Vec::new()),
             generation: watch::channel(0).0,
@@ -81,6 +116,21 @@ impl Link {
     /// The proxy's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What the proxy speaks; fixed for its lifetime.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// HTTP: whether faulted responses name the fault in `x-fallacy-fault`.
+    pub fn fault_header(&self) -> bool {
+        self.fault_header.load(Ordering::Relaxed)
+    }
+
+    /// Turns the `x-fallacy-fault` header on or off, for the next responses.
+    pub fn set_fault_header(&self, on: bool) {
+        self.fault_header.store(on, Ordering::Relaxed);
     }
 
     /// Where new connections go. Open connections keep the upstream they dialled.

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::proxy::{Link, Settings, listener};
+use crate::proxy::{Link, Protocol, Settings, listener};
 use crate::toxic::{AttrError, Direction, Envelope, EnvelopeError, ToxicPatch, ToxicSpec};
 
 /// Why the store refused a change. The admin API maps each to a status code.
@@ -71,6 +71,10 @@ pub struct NewProxy {
     pub upstream: String,
     /// Whether to listen right away.
     pub enabled: bool,
+    /// TCP (default) or HTTP.
+    pub protocol: Protocol,
+    /// HTTP: name the faults in `x-fallacy-fault` (default on).
+    pub fault_header: bool,
 }
 
 /// A partial update of a proxy; `None` keeps the current value.
@@ -82,6 +86,10 @@ pub struct ProxyPatch {
     pub upstream: Option<String>,
     /// Enable or disable.
     pub enabled: Option<bool>,
+    /// Must equal the current protocol: a proxy cannot change what it speaks.
+    pub protocol: Option<Protocol>,
+    /// HTTP: turn `x-fallacy-fault` on or off.
+    pub fault_header: Option<bool>,
 }
 
 /// A read-only copy of a proxy, for the API.
@@ -95,6 +103,10 @@ pub struct ProxyView {
     pub upstream: String,
     /// Listening or not.
     pub enabled: bool,
+    /// TCP or HTTP.
+    pub protocol: Protocol,
+    /// HTTP: whether faulted responses carry `x-fallacy-fault`.
+    pub fault_header: bool,
     /// Upstream toxics first, then downstream, each in creation order.
     pub toxics: Vec<Arc<ToxicSpec>>,
 }
@@ -204,6 +216,9 @@ impl Store {
     }
 
     fn build(&self, new: NewProxy, toxics: Vec<ToxicSpec>) -> Result<Entry, Error> {
+        for spec in &toxics {
+            spec.fits(new.protocol)?;
+        }
         // Bind before anything else exists: a proxy that cannot listen leaves no trace, not
         // even an empty metric series under its name.
         let listener = if new.enabled {
@@ -214,8 +229,10 @@ impl Store {
         let link = Arc::new(Link::new(
             &new.name,
             &new.upstream,
+            new.protocol,
             self.inner.settings.clone(),
         ));
+        link.set_fault_header(new.fault_header);
         let toxics: Vec<Arc<ToxicSpec>> = toxics.into_iter().map(Arc::new).collect();
         link.set_toxics(toxics.clone());
         let mut entry = Entry {
@@ -238,6 +255,18 @@ impl Store {
         let entry = proxies.get_mut(name).ok_or(Error::ProxyNotFound)?;
         if let Some(upstream) = &patch.upstream {
             require(upstream, "upstream")?;
+        }
+        if let Some(protocol) = patch.protocol {
+            if protocol != entry.link.protocol() {
+                return Err(AttrError::new(
+                    "protocol",
+                    &format!(
+                        "a proxy cannot change protocol (it is {:?}); delete it and create it again",
+                        entry.link.protocol().as_str()
+                    ),
+                )
+                .into());
+            }
         }
         let enabled = patch.enabled.unwrap_or(entry.running.is_some());
         let listen_changed = match &patch.listen {
@@ -266,6 +295,9 @@ impl Store {
         }
         if let Some(upstream) = patch.upstream {
             entry.link.set_upstream(&upstream);
+        }
+        if let Some(on) = patch.fault_header {
+            entry.link.set_fault_header(on);
         }
         Ok(view(name, entry))
     }
@@ -303,7 +335,9 @@ impl Store {
             if let Some(existing) = proxies.get_mut(&new.name) {
                 let same = match resolve(&new.listen) {
                     Ok(listen) => {
-                        listen == existing.listen && *existing.link.upstream() == new.upstream
+                        listen == existing.listen
+                            && *existing.link.upstream() == new.upstream
+                            && existing.link.protocol() == new.protocol
                     }
                     Err(err) => return (done, Some(err)),
                 };
@@ -372,6 +406,7 @@ impl Store {
             return Err(Error::ToxicExists);
         }
         let spec = Arc::new(envelope.into_spec(head)?);
+        spec.fits(entry.link.protocol())?;
         entry.toxics.push(spec.clone());
         entry.link.set_toxics(entry.toxics.clone());
         Ok(spec)
@@ -392,6 +427,7 @@ impl Store {
             .find(|t| t.name == name)
             .ok_or(Error::ToxicNotFound)?;
         let spec = Arc::new(slot.patched(&patch)?);
+        spec.fits(entry.link.protocol())?;
         *slot = spec.clone();
         entry.link.set_toxics(entry.toxics.clone());
         Ok(spec)
@@ -460,6 +496,8 @@ fn view(name: &str, entry: &Entry) -> ProxyView {
         listen: entry.listen.clone(),
         upstream: entry.link.upstream().to_string(),
         enabled: entry.running.is_some(),
+        protocol: entry.link.protocol(),
+        fault_header: entry.link.fault_header(),
         toxics,
     }
 }

@@ -13,6 +13,7 @@
 
 mod bandwidth;
 pub mod distribution;
+pub mod http_faults;
 mod latency;
 mod limit_data;
 pub mod profile;
@@ -28,6 +29,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
+pub(crate) use latency::Latency;
 pub use latency::{DISTRIBUTIONS, LatencyModel};
 pub use spec::{
     AttrError, Direction, Envelope, EnvelopeError, Head, Micros, Millis, TOXIC_TYPES, ToxicKind,
@@ -130,6 +132,52 @@ impl Toxic for Noop {
 }
 
 impl ToxicSpec {
+    /// Checks that the toxic makes sense on a proxy of this protocol: HTTP faults and `match`
+    /// need an HTTP proxy; byte-stream toxics other than `latency` do not run on HTTP proxies
+    /// yet.
+    pub fn fits(&self, protocol: crate::proxy::Protocol) -> Result<(), AttrError> {
+        use crate::proxy::Protocol;
+        let name = self.kind.type_name();
+        match protocol {
+            Protocol::Tcp => {
+                if self.kind.is_http() {
+                    return Err(AttrError::new(
+                        "type",
+                        &format!(
+                            "{name} acts on HTTP requests; create the proxy with \"protocol\": \"http\""
+                        ),
+                    ));
+                }
+                if self.matcher.is_some() {
+                    return Err(AttrError::new(
+                        "match",
+                        "matches HTTP requests, and this proxy is TCP (\"protocol\": \"http\" makes an HTTP proxy)",
+                    ));
+                }
+                if let ToxicKind::Latency(a) = &self.kind {
+                    if a.per.as_deref() == Some("request") {
+                        return Err(AttrError::new(
+                            "attributes.per",
+                            "\"request\" needs an HTTP proxy; use \"chunk\" or \"connection\"",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Protocol::Http => match self.kind {
+                ToxicKind::Latency(_) | ToxicKind::Noop(_) => Ok(()),
+                _ if self.kind.is_http() => Ok(()),
+                _ => Err(AttrError::new(
+                    "type",
+                    &format!(
+                        "{name} acts on the byte stream, which HTTP proxies do not run yet; use a TCP proxy, \
+                         or an HTTP fault (http_abort, http_delay, maintenance, rate_limit)"
+                    ),
+                )),
+            },
+        }
+    }
+
     /// Draws whether this toxic applies to a connection and direction, per its toxicity.
     pub fn applies(&self, cx: &mut ToxicCx) -> bool {
         use rand::Rng;

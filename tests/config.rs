@@ -320,12 +320,15 @@ fn the_annotated_example_checks_clean_and_uses_every_key_and_toxic() {
         "proxy.listen",
         "proxy.upstream",
         "proxy.enabled",
+        "proxy.protocol",
+        "proxy.fault_header",
         "proxy.toxic",
         "proxy.toxic.name",
         "proxy.toxic.type",
         "proxy.toxic.stream",
         "proxy.toxic.toxicity",
         "proxy.toxic.attributes",
+        "proxy.toxic.match",
     ] {
         assert!(seen.contains(key), "config/fallacy.toml never sets {key}");
     }
@@ -419,7 +422,26 @@ fn toml_duration_attributes_and_defaults() {
         .iter()
         .map(|t| t.kind.type_name())
         .collect();
-    assert_eq!(types, TOXIC_TYPES);
+    let tcp_types: Vec<&str> = TOXIC_TYPES
+        .iter()
+        .copied()
+        .filter(|t| !t.starts_with("http_") && !["maintenance", "rate_limit"].contains(t))
+        .collect();
+    assert_eq!(types, tcp_types);
+    let http: Vec<&str> = every.proxies[1]
+        .toxics
+        .iter()
+        .map(|t| t.kind.type_name())
+        .collect();
+    assert_eq!(
+        every.proxies[1].proxy.protocol,
+        fallacy::proxy::Protocol::Http
+    );
+    assert_eq!(
+        http,
+        ["http_abort", "http_delay", "maintenance", "rate_limit"]
+    );
+    assert!(every.proxies[1].toxics[0].matcher.is_some());
 
     let server = load("server_and_admin.toml");
     assert_eq!(server.admin.as_deref(), Some("localhost:8474"));

@@ -11,7 +11,7 @@ use super::Error;
 use crate::state::{NewProxy, ProxyPatch, ProxyView};
 use crate::toxic::{ToxicSpec, decode_object};
 
-use crate::proxy::DEFAULT_LISTEN;
+use crate::proxy::{DEFAULT_LISTEN, Protocol};
 
 /// A proxy as the API shows it. Deliberately no `Logger` field (Toxiproxy leaks one).
 #[derive(Debug, Serialize)]
@@ -20,6 +20,11 @@ pub struct ProxyOut {
     listen: String,
     upstream: String,
     enabled: bool,
+    /// Shown for HTTP proxies only, so TCP proxies keep Toxiproxy's exact shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fault_header: Option<bool>,
     toxics: Vec<Arc<ToxicSpec>>,
 }
 
@@ -30,6 +35,8 @@ impl From<ProxyView> for ProxyOut {
             listen: v.listen,
             upstream: v.upstream,
             enabled: v.enabled,
+            protocol: (v.protocol == Protocol::Http).then_some(v.protocol.as_str()),
+            fault_header: (v.protocol == Protocol::Http).then_some(v.fault_header),
             toxics: v.toxics,
         }
     }
@@ -47,6 +54,10 @@ pub struct ProxyIn {
     upstream: Option<String>,
     #[serde(default)]
     enabled: Option<bool>,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    fault_header: Option<bool>,
 }
 
 impl ProxyIn {
@@ -57,8 +68,9 @@ impl ProxyIn {
 
     /// As a new proxy (enabled unless it says otherwise). Missing fields are left empty for
     /// the store to report by name.
-    pub fn into_new(self) -> NewProxy {
-        NewProxy {
+    pub fn into_new(self) -> Result<NewProxy, Error> {
+        let protocol = self.protocol()?.unwrap_or_default();
+        Ok(NewProxy {
             name: self.name.unwrap_or_default(),
             listen: self
                 .listen
@@ -66,16 +78,27 @@ impl ProxyIn {
                 .unwrap_or_else(|| DEFAULT_LISTEN.into()),
             upstream: self.upstream.unwrap_or_default(),
             enabled: self.enabled.unwrap_or(true),
-        }
+            protocol,
+            fault_header: self.fault_header.unwrap_or(true),
+        })
+    }
+
+    fn protocol(&self) -> Result<Option<Protocol>, Error> {
+        self.protocol
+            .as_deref()
+            .map(|p| Protocol::parse(p).map_err(|m| Error::BadBody(format!("protocol: {m}"))))
+            .transpose()
     }
 
     /// As a partial update.
-    pub fn into_patch(self) -> ProxyPatch {
-        ProxyPatch {
+    pub fn into_patch(self) -> Result<ProxyPatch, Error> {
+        Ok(ProxyPatch {
+            protocol: self.protocol()?,
             listen: self.listen,
             upstream: self.upstream,
             enabled: self.enabled,
-        }
+            fault_header: self.fault_header,
+        })
     }
 }
 

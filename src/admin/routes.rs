@@ -34,7 +34,7 @@ pub(super) async fn proxy_create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<ProxyOut>)> {
     let input = ProxyIn::from_value(parse_body(&body)?)?;
-    let view = st.store.create(input.into_new()).await?;
+    let view = st.store.create(input.into_new()?).await?;
     Ok((StatusCode::CREATED, Json(view.into())))
 }
 
@@ -48,7 +48,7 @@ pub(super) async fn proxy_update(
     body: Bytes,
 ) -> Result<Json<ProxyOut>> {
     st.store.get(&proxy).await?;
-    let patch = ProxyIn::from_value(parse_body(&body)?)?.into_patch();
+    let patch = ProxyIn::from_value(parse_body(&body)?)?.into_patch()?;
     Ok(Json(st.store.update(&proxy, patch).await?.into()))
 }
 
@@ -71,7 +71,7 @@ fn populate_list(value: Value) -> Result<Vec<state::NewProxy>> {
     match value {
         Value::Array(items) => items
             .into_iter()
-            .map(|v| ProxyIn::from_value(v).map(ProxyIn::into_new))
+            .map(|v| ProxyIn::from_value(v).and_then(ProxyIn::into_new))
             .collect(),
         // Go decodes null into an empty list.
         Value::Null => Ok(Vec::new()),

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use super::{Link, conn};
+use super::{Link, Protocol, conn};
 
 /// First pause after an accept error such as EMFILE; doubles up to [`MAX_BACKOFF`]. The
 /// listener never gives up: it serves again as soon as descriptors free up.
@@ -27,6 +27,9 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let mut backoff = MIN_BACKOFF;
+    // HTTP proxies share one pooled upstream client per listening spell.
+    let http_client =
+        (link.protocol() == Protocol::Http).then(|| crate::http::client(link.settings()));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -39,10 +42,23 @@ pub async fn serve(
                 let id = link.next_connection();
                 // A debug span: at the default info level it costs nothing per connection.
                 let span = debug_span!("conn", proxy = %link.name(), id, client.addr = %peer);
-                tracker.spawn(
-                    conn::handle(client, peer, link.clone(), conn_stop.clone(), id)
+                match &http_client {
+                    Some(upstream) => tracker.spawn(
+                        crate::http::handle(
+                            client,
+                            peer,
+                            link.clone(),
+                            conn_stop.clone(),
+                            id,
+                            upstream.clone(),
+                        )
                         .instrument(span),
-                );
+                    ),
+                    None => tracker.spawn(
+                        conn::handle(client, peer, link.clone(), conn_stop.clone(), id)
+                            .instrument(span),
+                    ),
+                };
             }
             // A connection that died between SYN and accept: nothing to do.
             Err(err) if super::is_routine(&err) => debug!(%err, "accept"),

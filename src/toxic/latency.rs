@@ -206,16 +206,12 @@ impl LatencyModel {
         let per_connection = match a.per.as_deref() {
             None | Some("chunk") => false,
             Some("connection") => true,
-            Some("request") => {
-                return Err(bad(
-                    "per",
-                    "\"request\" applies to HTTP proxies, which this proxy is not; use \"chunk\" or \"connection\"",
-                ));
-            }
+            // HTTP proxies only: the store refuses it on a TCP proxy, which knows which it is.
+            Some("request") => false,
             Some(other) => {
                 return Err(bad(
                     "per",
-                    format!("must be \"chunk\" or \"connection\", got {other:?}"),
+                    format!("must be \"chunk\", \"connection\" or \"request\", got {other:?}"),
                 ));
             }
         };
@@ -313,7 +309,7 @@ fn empirical(a: &LatencyAttrs) -> Result<Vec<f64>, AttrError> {
 }
 
 #[derive(Debug)]
-pub(super) struct Latency {
+pub(crate) struct Latency {
     model: Arc<LatencyModel>,
     sampler: Sampler,
     /// For `per = "connection"`: the first chunk has had its delay.
@@ -321,7 +317,7 @@ pub(super) struct Latency {
 }
 
 impl Latency {
-    pub(super) fn new(attrs: &LatencyAttrs) -> Latency {
+    pub(crate) fn new(attrs: &LatencyAttrs) -> Latency {
         let model = attrs.model.clone().unwrap_or_else(|| {
             // Attributes built in code rather than decoded: Toxiproxy's model cannot fail.
             Arc::new(
@@ -349,7 +345,7 @@ impl Latency {
     }
 
     /// One delay for a chunk of `len` bytes.
-    pub(super) fn draw(&mut self, len: usize, cx: &mut ToxicCx) -> Duration {
+    pub(crate) fn draw(&mut self, len: usize, cx: &mut ToxicCx) -> Duration {
         let m = &self.model;
         let mut ms = self.sampler.next(&mut cx.rng);
         if let Some(lo) = m.min {

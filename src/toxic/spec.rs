@@ -16,12 +16,14 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use super::http_faults::{HttpAbortAttrs, HttpDelayAttrs, MaintenanceAttrs, RateLimitAttrs};
 use super::latency::LatencyModel;
 use super::profile::{ProfileAttrs, ProfileToxic};
 use super::{
     Noop, Toxic, bandwidth::Bandwidth, latency::Latency, limit_data::LimitData,
     reset_peer::ResetPeer, slicer::Slicer, slow_close::SlowClose, timeout::Timeout,
 };
+use crate::http::Matcher;
 use crate::units::parse_duration;
 
 /// Every toxic type fallacy knows, in the order the docs list them.
@@ -36,6 +38,10 @@ pub const TOXIC_TYPES: &[&str] = &[
     "noop",
     "connect_delay",
     "profile",
+    "http_abort",
+    "http_delay",
+    "maintenance",
+    "rate_limit",
 ];
 
 /// Which way the bytes flow. Toxiproxy calls it the stream.
@@ -87,6 +93,8 @@ pub struct ToxicSpec {
     pub toxicity: f32,
     /// Type and attributes.
     pub kind: ToxicKind,
+    /// On HTTP proxies: the requests it acts on (all when `None`).
+    pub matcher: Option<Arc<Matcher>>,
 }
 
 impl ToxicSpec {
@@ -107,9 +115,15 @@ impl ToxicSpec {
             }
         }
         let kind = ToxicKind::decode(self.kind.type_name(), Value::Object(merged))?;
+        let matcher = match &patch.matcher {
+            None => self.matcher.clone(),
+            Some(Value::Null) => None,
+            Some(m) => Some(Arc::new(Matcher::from_json(m)?)),
+        };
         Ok(ToxicSpec {
             kind,
             toxicity: patch.toxicity.unwrap_or(self.toxicity),
+            matcher,
             ..self.clone()
         })
     }
@@ -119,7 +133,7 @@ impl ToxicSpec {
 impl Serialize for ToxicSpec {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut s = serializer.serialize_struct("Toxic", 5)?;
+        let mut s = serializer.serialize_struct("Toxic", 6)?;
         s.serialize_field("name", &self.name)?;
         s.serialize_field("type", self.kind.type_name())?;
         s.serialize_field("stream", &self.stream)?;
@@ -130,6 +144,9 @@ impl Serialize for ToxicSpec {
             s.serialize_field("toxicity", &self.toxicity)?;
         }
         s.serialize_field("attributes", &self.kind.attributes())?;
+        if let Some(m) = &self.matcher {
+            s.serialize_field("match", m.source())?;
+        }
         s.end()
     }
 }
@@ -152,6 +169,9 @@ pub struct Envelope {
     /// Type-specific attributes.
     #[serde(default)]
     pub attributes: Option<Value>,
+    /// Which requests it acts on (HTTP proxies).
+    #[serde(default, rename = "match")]
+    pub matcher: Option<Value>,
 }
 
 /// Why a toxic create request was refused before the store saw it.
@@ -232,12 +252,17 @@ impl Envelope {
             _ => return Err(AttrError::new("attributes", "expected an object")),
         };
         let kind = ToxicKind::decode(&head.type_name, attributes)?;
+        let matcher = match &self.matcher {
+            None | Some(Value::Null) => None,
+            Some(m) => Some(Arc::new(Matcher::from_json(m)?)),
+        };
         Ok(ToxicSpec {
             name: head.name,
             stream: head.stream,
             direction: head.direction,
             toxicity: head.toxicity,
             kind,
+            matcher,
         })
     }
 }
@@ -251,6 +276,14 @@ pub struct ToxicPatch {
     /// Replaces the toxicity when present.
     #[serde(default)]
     pub toxicity: Option<f32>,
+    /// Replaces the `match` when present; `null` removes it.
+    #[serde(default, rename = "match", deserialize_with = "present")]
+    pub matcher: Option<Value>,
+}
+
+/// Keeps an explicit `null` as `Some(Null)`, so that it can mean "remove".
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 impl ToxicPatch {
@@ -309,6 +342,14 @@ pub enum ToxicKind {
     ConnectDelay(Box<LatencyAttrs>),
     /// A named network: latency and bandwidth together.
     Profile(ProfileAttrs),
+    /// HTTP: answer with a status (or reset) without asking the upstream.
+    HttpAbort(HttpAbortAttrs),
+    /// HTTP: delay a request or its response, with any latency distribution.
+    HttpDelay(Box<HttpDelayAttrs>),
+    /// HTTP: 503 with `Retry-After`.
+    Maintenance(MaintenanceAttrs),
+    /// HTTP: 429 with `Retry-After` over a token bucket's rate.
+    RateLimit(RateLimitAttrs),
 }
 
 /// `latency` attributes: Toxiproxy's two, then fallacy's extensions, shown only when set.
@@ -443,7 +484,22 @@ impl ToxicKind {
             ToxicKind::Noop(_) => "noop",
             ToxicKind::ConnectDelay(_) => "connect_delay",
             ToxicKind::Profile(_) => "profile",
+            ToxicKind::HttpAbort(_) => "http_abort",
+            ToxicKind::HttpDelay(_) => "http_delay",
+            ToxicKind::Maintenance(_) => "maintenance",
+            ToxicKind::RateLimit(_) => "rate_limit",
         }
+    }
+
+    /// Whether the toxic acts on requests and so needs an HTTP proxy.
+    pub fn is_http(&self) -> bool {
+        matches!(
+            self,
+            ToxicKind::HttpAbort(_)
+                | ToxicKind::HttpDelay(_)
+                | ToxicKind::Maintenance(_)
+                | ToxicKind::RateLimit(_)
+        )
     }
 
     /// Decodes the attributes of a known type. Keys must already be lower-case.
@@ -492,6 +548,27 @@ impl ToxicKind {
                 ToxicKind::ConnectDelay(Box::new(attrs))
             }
             "profile" => ToxicKind::Profile(de::<ProfileAttrs>(attributes)?.resolve()?),
+            "http_abort" => {
+                let attrs: HttpAbortAttrs = de(attributes)?;
+                attrs.check()?;
+                ToxicKind::HttpAbort(attrs)
+            }
+            "http_delay" => {
+                let mut attrs: HttpDelayAttrs = de(attributes)?;
+                attrs.check()?;
+                attrs.latency.model = Some(Arc::new(LatencyModel::build(&attrs.latency)?));
+                ToxicKind::HttpDelay(Box::new(attrs))
+            }
+            "maintenance" => {
+                let attrs: MaintenanceAttrs = de(attributes)?;
+                attrs.check()?;
+                ToxicKind::Maintenance(attrs)
+            }
+            "rate_limit" => {
+                let mut attrs: RateLimitAttrs = de(attributes)?;
+                attrs.check()?;
+                ToxicKind::RateLimit(attrs)
+            }
             other => {
                 return Err(AttrError::new(
                     "type",
@@ -512,6 +589,10 @@ impl ToxicKind {
             ToxicKind::Slicer(a) => serde_json::to_value(a),
             ToxicKind::LimitData(a) => serde_json::to_value(a),
             ToxicKind::Noop(a) => serde_json::to_value(a),
+            ToxicKind::HttpAbort(a) => serde_json::to_value(a),
+            ToxicKind::HttpDelay(a) => serde_json::to_value(a),
+            ToxicKind::Maintenance(a) => serde_json::to_value(a),
+            ToxicKind::RateLimit(a) => serde_json::to_value(a),
         };
         match value {
             Ok(Value::Object(map)) => map,
@@ -536,15 +617,21 @@ impl ToxicKind {
             ToxicKind::Slicer(a) => Box::new(Slicer::new(a)),
             ToxicKind::LimitData(a) => Box::new(LimitData::new(a)),
             ToxicKind::Profile(a) => Box::new(ProfileToxic::new(a, direction, cx)),
-            // Acts before the stream exists (see `proxy::conn`); nothing to do per chunk.
-            ToxicKind::Noop(_) | ToxicKind::ConnectDelay(_) => Box::new(Noop),
+            // Acts before the stream exists (see `proxy::conn`), or on requests (see
+            // `http::faults`): nothing to do per chunk.
+            ToxicKind::Noop(_)
+            | ToxicKind::ConnectDelay(_)
+            | ToxicKind::HttpAbort(_)
+            | ToxicKind::HttpDelay(_)
+            | ToxicKind::Maintenance(_)
+            | ToxicKind::RateLimit(_) => Box::new(Noop),
         }
     }
 
     /// Whether the toxic acts on the byte stream. `connect_delay` acts on the dial only, so
     /// it stays out of the chains (and off the fast path's way).
     pub fn acts_on_stream(&self) -> bool {
-        !matches!(self, ToxicKind::ConnectDelay(_))
+        !matches!(self, ToxicKind::ConnectDelay(_)) && !self.is_http()
     }
 }
 

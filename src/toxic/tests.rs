@@ -204,10 +204,12 @@ fn patch_merges_attributes_case_insensitively_and_keeps_on_error() {
         direction: Direction::Downstream,
         toxicity: 1.0,
         kind: ToxicKind::decode("latency", json!({"latency": 100, "jitter": 10})).unwrap(),
+        matcher: None,
     };
     let patch = ToxicPatch {
         attributes: Some(json!({"Jitter": 20, "latency": null})),
         toxicity: None,
+        matcher: None,
     };
     let new = spec.patched(&patch).unwrap();
     assert_eq!(
@@ -217,6 +219,7 @@ fn patch_merges_attributes_case_insensitively_and_keeps_on_error() {
     let bad = ToxicPatch {
         attributes: Some(json!({"latency": 1.5})),
         toxicity: None,
+        matcher: None,
     };
     let err = spec.patched(&bad).unwrap_err();
     assert_eq!(err.path, "attributes.latency");
@@ -268,8 +271,13 @@ fn seeded_links_replay_the_same_draws() {
         seed: Some(42),
         ..Settings::default()
     });
-    let a = Link::new("db", "127.0.0.1:1", settings.clone());
-    let b = Link::new("db", "127.0.0.1:1", settings);
+    let a = Link::new(
+        "db",
+        "127.0.0.1:1",
+        crate::proxy::Protocol::Tcp,
+        settings.clone(),
+    );
+    let b = Link::new("db", "127.0.0.1:1", crate::proxy::Protocol::Tcp, settings);
     let draw = |l: &Link, conn, dir| l.rng(conn, dir).random::<u64>();
     assert_eq!(
         draw(&a, 1, Direction::Upstream),

@@ -212,8 +212,7 @@ fn latency(attributes: Value) -> Result<ToxicKind, crate::toxic::AttrError> {
 #[case(json!({"correlation": 1.5}), "attributes.correlation", "within 0..1")]
 #[case(json!({"correlation": -0.1}), "attributes.correlation", "within 0..1")]
 #[case(json!({"min": 50, "max": 10}), "attributes.max", "at least min")]
-#[case(json!({"per": "request"}), "attributes.per", "HTTP")]
-#[case(json!({"per": "packet"}), "attributes.per", "\"chunk\" or \"connection\"")]
+#[case(json!({"per": "packet"}), "attributes.per", "\"chunk\", \"connection\" or \"request\"")]
 #[case(json!({"per_byte": -1.0}), "attributes.per_byte", "negative")]
 #[case(json!({"shape": "wide", "distribution": "pareto", "scale": 1}), "attributes.shape", "invalid type")]
 fn bad_latency_attributes_name_the_attribute(
@@ -285,6 +284,7 @@ fn clamps_per_connection_and_per_byte() {
         direction: crate::toxic::Direction::Downstream,
         toxicity: 1.0,
         kind: latency(attrs).unwrap(),
+        matcher: None,
     };
     let mut cx = ToxicCx {
         rng: SmallRng::seed_from_u64(1),

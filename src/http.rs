@@ -1,0 +1,339 @@
+//! HTTP proxies (`protocol = "http"`): faults per request instead of per chunk.
+//!
+//! ```text
+//! listener::serve ──accept──▶ http::handle: hyper server (HTTP/1.1 keep-alive, h2c)
+//!                                  │ per request: faults::decide (match, toxicity, buckets)
+//!                                  ├─ an answer (abort, maintenance, 429) or a reset, or
+//!                                  └─ forward with the pooled hyper client ──▶ upstream
+//!                                     (delays before the request, the headers, the body)
+//! ```
+//!
+//! The upstream is spoken to in HTTP/1.1 over a connection pool shared by the proxy's client
+//! connections; it is re-read per request, so an upstream change applies to the next request.
+
+pub mod faults;
+pub mod matcher;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+pub use matcher::Matcher;
+
+use crate::metrics;
+use crate::proxy::{Link, Settings};
+use faults::{Answer, ConnFaults, Decision};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ResBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The pooled client a proxy's connections share.
+pub type UpstreamClient = Client<HttpConnector, Incoming>;
+
+/// How long a client may take to send a request's headers: a slow-loris client is cut off.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The header that names the faults a response went through.
+pub const FAULT_HEADER: &str = "x-fallacy-fault";
+
+/// The seeding stream of a connection's request draws (0 and 1 are TCP directions, 2 the dial).
+const REQUEST_STREAM: u64 = 3;
+
+/// A client for one proxy's upstream: TCP_NODELAY, the server's connect timeout, pooled.
+pub fn client(settings: &Settings) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(settings.connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// What every request of a connection needs.
+struct Conn {
+    link: Arc<Link>,
+    upstream: UpstreamClient,
+    faults: Mutex<ConnFaults>,
+    peer: SocketAddr,
+    /// A second descriptor of the client socket, for `SO_LINGER 0` when a fault resets an
+    /// HTTP/1 connection. Closed with the connection (both leave `handle` together).
+    sock: Option<OwnedFd>,
+}
+
+/// Serves one client connection until it closes or `stop` fires.
+pub async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    link: Arc<Link>,
+    stop: CancellationToken,
+    id: u64,
+    upstream: UpstreamClient,
+) {
+    let _active = metrics::ConnectionGuard::open(link.metrics());
+    let _ = client.set_nodelay(true);
+    let conn = Arc::new(Conn {
+        faults: Mutex::new(ConnFaults::new(link.rng_for(id, REQUEST_STREAM))),
+        sock: client.as_fd().try_clone_to_owned().ok(),
+        link,
+        upstream,
+        peer,
+    });
+    let service = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { conn.serve(req).await }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let serving = builder.serve_connection(TokioIo::new(client), service);
+    tokio::select! {
+        served = serving => {
+            if let Err(err) = served {
+                debug!(%err, "http connection ended with an error");
+            }
+        }
+        // Disabled, deleted, or the drain is over: close now, as TCP proxies do.
+        _ = stop.cancelled() => {}
+    }
+}
+
+impl Conn {
+    /// An `Err` makes hyper drop the exchange without an answer: the reset faults use it.
+    async fn serve(&self, req: Request<Incoming>) -> Result<Response<ResBody>, FaultReset> {
+        let link = &self.link;
+        link.metrics().request();
+        let (parts, body) = req.into_parts();
+        let toxics = link.toxics();
+        let d: Decision = self
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .decide(&toxics, &parts, self.peer.ip(), Instant::now());
+        for name in &d.names {
+            metrics::toxic_applied(link.name(), name);
+        }
+        if !d.names.is_empty() {
+            debug!(faults = ?d.names, method = %parts.method, path = parts.uri.path(), "faults applied");
+        }
+        wait(d.before_request).await;
+        let mut response = match &d.answer {
+            Some(Answer::Reset) => return Err(self.reset(parts.version)),
+            Some(Answer::Respond {
+                status,
+                body,
+                retry_after,
+            }) => {
+                let mut r = text(
+                    StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                    body.clone(),
+                );
+                if let Some(secs) = retry_after {
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+                }
+                r
+            }
+            None => self.forward(parts, body).await,
+        };
+        wait(d.before_headers).await;
+        if !d.before_body.is_zero() {
+            response = response.map(|b| {
+                DelayedBody {
+                    inner: b,
+                    wait: Some(Box::pin(wait(d.before_body))),
+                }
+                .boxed_unsync()
+            });
+        }
+        if link.fault_header() && !d.names.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&d.names.join(", ")) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(FAULT_HEADER), v);
+            }
+        }
+        Ok(response)
+    }
+
+    /// Sends the request to the current upstream and hands its response back.
+    async fn forward(&self, mut parts: http::request::Parts, body: Incoming) -> Response<ResBody> {
+        let upstream = self.link.upstream();
+        if parts.method == Method::CONNECT || parts.headers.contains_key(header::UPGRADE) {
+            return text(
+                StatusCode::NOT_IMPLEMENTED,
+                "fallacy: this HTTP proxy does not pass protocol upgrades (WebSocket) through yet; \
+                 use a TCP proxy for them\n"
+                    .into(),
+            );
+        }
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = match format!("http://{upstream}{path}").parse() {
+            Ok(uri) => uri,
+            Err(err) => {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("fallacy: upstream {upstream:?} is not a valid authority: {err}\n"),
+                );
+            }
+        };
+        // An HTTP/2 request names its host in :authority only; HTTP/1.1 needs Host.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(authority) = parts.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        match self
+            .upstream
+            .request(Request::from_parts(parts, body))
+            .await
+        {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.map_err(box_error).boxed_unsync())
+            }
+            Err(err) => {
+                if err.is_connect() {
+                    self.link.metrics().upstream_connect_error();
+                }
+                debug!(%err, %upstream, "upstream request failed");
+                let cause =
+                    std::error::Error::source(&err).map_or(String::new(), |s| format!(": {s}"));
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("fallacy: upstream {upstream} failed: {err}{cause}\n"),
+                )
+            }
+        }
+    }
+
+    /// Ends the exchange without an answer: the caller returns the error to hyper, which then
+    /// closes an HTTP/1 connection (with `SO_LINGER 0` set here, so the close is a RST) or
+    /// resets an HTTP/2 stream.
+    fn reset(&self, version: Version) -> FaultReset {
+        if let Some(sock) = self.sock.as_ref().filter(|_| version < Version::HTTP_2) {
+            let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+        }
+        FaultReset
+    }
+}
+
+/// What the service returns to make hyper drop an exchange (a concrete type: hyper-util's
+/// connection builder cannot infer the lifetimes of a boxed error here).
+#[derive(Debug, thiserror::Error)]
+#[error("connection reset by an http_abort fault")]
+pub struct FaultReset;
+
+/// A body whose first frame waits.
+struct DelayedBody {
+    inner: ResBody,
+    wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Body for DelayedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(wait) = self.wait.as_mut() {
+            ready!(wait.as_mut().poll(cx));
+            self.wait = None;
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.wait.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn box_error(err: hyper::Error) -> BoxError {
+    Box::new(err)
+}
+
+async fn wait(d: Duration) {
+    if !d.is_zero() {
+        crate::timer::sleep_until(Instant::now() + d).await;
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<ResBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Removes the headers that describe one hop (RFC 9110 section 7.6.1), including those the
+/// `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}

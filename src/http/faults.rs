@@ -1,0 +1,173 @@
+//! What the toxics do to one request: decided up front, in creation order, before anything is
+//! forwarded. Pure: no I/O, no sleeping; `http::service` carries the decision out.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use rand::Rng;
+use rand::rngs::SmallRng;
+use tokio::time::Instant;
+
+use crate::toxic::http_faults::{Phase, retry_after_secs};
+use crate::toxic::{Direction, Latency, ToxicCx, ToxicKind, ToxicSpec};
+
+/// An answer fallacy gives instead of the upstream's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A response made up here.
+    Respond {
+        /// The status code.
+        status: u16,
+        /// The body (plain text).
+        body: String,
+        /// `Retry-After`, in whole seconds.
+        retry_after: Option<u64>,
+    },
+    /// Reset the connection (HTTP/1) or the stream (HTTP/2).
+    Reset,
+}
+
+/// The plan for one request.
+#[derive(Debug, Default)]
+pub struct Decision {
+    /// Toxics that acted, in order: what `x-fallacy-fault` lists.
+    pub names: Vec<String>,
+    /// Set by the first toxic that answers; later ones do not answer again.
+    pub answer: Option<Answer>,
+    /// Before the request goes upstream (or before the made-up answer).
+    pub before_request: Duration,
+    /// Before the response headers go to the client.
+    pub before_headers: Duration,
+    /// Before the first byte of the response body.
+    pub before_body: Duration,
+}
+
+impl Decision {
+    fn acted(&mut self, spec: &ToxicSpec) {
+        if !self.names.contains(&spec.name) {
+            self.names.push(spec.name.clone());
+        }
+    }
+}
+
+/// A connection's state across its requests: the seeded generator, and the delay samplers,
+/// kept per toxic so that `correlation` links successive requests.
+pub struct ConnFaults {
+    cx: ToxicCx,
+    samplers: HashMap<usize, (Arc<ToxicSpec>, Latency)>,
+}
+
+impl ConnFaults {
+    /// State for one client connection.
+    pub fn new(rng: SmallRng) -> ConnFaults {
+        ConnFaults {
+            cx: ToxicCx { rng },
+            samplers: HashMap::new(),
+        }
+    }
+
+    fn delay(&mut self, spec: &Arc<ToxicSpec>) -> Duration {
+        let key = Arc::as_ptr(spec) as usize;
+        let (_, sampler) = self.samplers.entry(key).or_insert_with(|| {
+            let latency = match &spec.kind {
+                ToxicKind::Latency(a) => Latency::new(a),
+                ToxicKind::HttpDelay(a) => Latency::new(&a.latency),
+                _ => Latency::new(&Default::default()),
+            };
+            // The spec is kept alongside, so its address cannot be reused by another.
+            (spec.clone(), latency)
+        });
+        sampler.draw(0, &mut self.cx)
+    }
+
+    /// Decides what the current toxics do to a request from `client`.
+    pub fn decide(
+        &mut self,
+        toxics: &[Arc<ToxicSpec>],
+        req: &Parts,
+        client: IpAddr,
+        now: Instant,
+    ) -> Decision {
+        if self.samplers.len() > toxics.len() {
+            // Toxics were removed or updated: forget their samplers.
+            self.samplers
+                .retain(|_, (spec, _)| toxics.iter().any(|t| Arc::ptr_eq(t, spec)));
+        }
+        let mut d = Decision::default();
+        for spec in toxics {
+            if !spec.kind.is_http() && !matches!(spec.kind, ToxicKind::Latency(_)) {
+                continue;
+            }
+            if let Some(m) = &spec.matcher {
+                if !m.matches(&req.method, req.uri.path(), &req.headers) {
+                    continue;
+                }
+            }
+            if spec.toxicity < 1.0
+                && !(spec.toxicity > 0.0 && self.cx.rng.random::<f32>() < spec.toxicity)
+            {
+                continue;
+            }
+            match &spec.kind {
+                ToxicKind::Latency(_) => {
+                    let wait = self.delay(spec);
+                    match spec.direction {
+                        Direction::Upstream => d.before_request += wait,
+                        Direction::Downstream => d.before_headers += wait,
+                    }
+                    d.acted(spec);
+                }
+                ToxicKind::HttpDelay(a) => {
+                    let wait = self.delay(spec);
+                    match a.phase() {
+                        Phase::Request => d.before_request += wait,
+                        Phase::Headers => d.before_headers += wait,
+                        Phase::Body => d.before_body += wait,
+                    }
+                    d.acted(spec);
+                }
+                _ if d.answer.is_some() => {}
+                ToxicKind::HttpAbort(a) => {
+                    d.answer = Some(if a.reset == Some(true) {
+                        Answer::Reset
+                    } else {
+                        Answer::Respond {
+                            status: a.status as u16,
+                            body: a.body.clone().unwrap_or_else(|| {
+                                format!("fault injected by fallacy: {} (http_abort)\n", spec.name)
+                            }),
+                            retry_after: a.retry_after.map(|r| retry_after_secs(r.duration())),
+                        }
+                    });
+                    d.acted(spec);
+                }
+                ToxicKind::Maintenance(a) => {
+                    d.answer = Some(Answer::Respond {
+                        status: 503,
+                        body: a.body.clone().unwrap_or_else(|| {
+                            format!("down for maintenance (fallacy: {})\n", spec.name)
+                        }),
+                        retry_after: Some(retry_after_secs(a.retry_after())),
+                    });
+                    d.acted(spec);
+                }
+                ToxicKind::RateLimit(a) => {
+                    let Some(limiter) = &a.limiter else { continue };
+                    if let Err(wait) = limiter.acquire(client, now) {
+                        d.answer = Some(Answer::Respond {
+                            status: 429,
+                            body: format!("rate limited by fallacy: {}\n", spec.name),
+                            retry_after: Some(retry_after_secs(wait)),
+                        });
+                        d.acted(spec);
+                    }
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+}

@@ -1,0 +1,569 @@
+//! HTTP proxies (`"protocol": "http"`): a real axum upstream, real HTTP clients (reqwest, and
+//! raw sockets where the exact bytes matter), every HTTP fault, matchers, and bad input.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use support::{Fallacy, assert_reset, dead_addr, random_bytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Bytes of `/big`, streamed in pieces (chunked encoding).
+const BIG: usize = 3 << 20;
+
+/// A real HTTP upstream on 127.0.0.1:0: `/` says hello, `POST /orders` and `/echo` echo the
+/// body, `/big` streams a large chunked body, `/headers` shows the request's headers. It stops
+/// when the test's runtime does, and in any case after the harness lifetime.
+async fn upstream() -> SocketAddr {
+    let app = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route(
+            "/orders",
+            post(|body: String| async move { body }).get(|| async { "orders" }),
+        )
+        .route("/echo", post(|body: axum::body::Bytes| async move { body }))
+        .route(
+            "/headers",
+            get(|h: axum::http::HeaderMap| async move {
+                let mut names: Vec<String> = h
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("?")))
+                    .collect();
+                names.sort();
+                names.join("\n")
+            }),
+        )
+        .route(
+            "/big",
+            get(|| async {
+                let data = random_bytes(BIG, 5);
+                let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+                    data.chunks(7_919).map(|c| Ok(c.to_vec())).collect();
+                Body::from_stream(futures_util::stream::iter(pieces))
+            }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app);
+        let _ = tokio::time::timeout(support::SERVER_LIFETIME, serve).await;
+    });
+    addr
+}
+
+async fn setup() -> (Fallacy, SocketAddr, String) {
+    let f = Fallacy::start().await;
+    let up = upstream().await;
+    let body = json!({"name": "web", "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"});
+    let (status, proxy) = f.call("POST", "/proxies", Some(&body.to_string())).await;
+    assert_eq!(status, 201, "{proxy}");
+    assert_eq!(proxy["protocol"], "http");
+    let addr: SocketAddr = proxy["listen"].as_str().unwrap().parse().unwrap();
+    (f, addr, format!("http://{addr}"))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+async fn add(f: &Fallacy, toxic: Value) -> Value {
+    f.toxic("web", toxic).await
+}
+
+#[tokio::test]
+async fn requests_pass_through_unchanged_without_faults() {
+    let (_f, _addr, base) = setup().await;
+    let c = client();
+    let r = c.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-fallacy-fault").is_none());
+    assert_eq!(r.text().await.unwrap(), "hello");
+    let body = random_bytes(1 << 20, 3);
+    let r = c
+        .post(format!("{base}/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &body[..]);
+    // A chunked, streamed response arrives byte for byte.
+    let r = c.get(format!("{base}/big")).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &random_bytes(BIG, 5)[..]);
+}
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_is_served() {
+    let (_f, _addr, base) = setup().await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let r = c.get(format!("{base}/headers")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let text = r.text().await.unwrap();
+    // The upstream, spoken to in HTTP/1.1, still learns the host the client asked for.
+    assert!(
+        text.contains(&format!("host={}", base.trim_start_matches("http://"))),
+        "{text}"
+    );
+}
+
+/// The README's promise: two curls make 10 % of POST /orders answer 503 with Retry-After,
+/// naming the fault, and nothing else is touched.
+#[tokio::test]
+async fn ten_percent_of_post_orders_get_503_with_retry_after_and_the_fault_named() {
+    let (f, _addr, base) = setup().await;
+    add(
+        &f,
+        json!({"name": "orders-503", "type": "http_abort", "toxicity": 0.1,
+               "attributes": {"status": 503, "retry_after": "2s"},
+               "match": {"method": "POST", "path": "/orders"}}),
+    )
+    .await;
+    let c = client();
+    let (mut failed, n) = (0, 400);
+    for i in 0..n {
+        let r = c
+            .post(format!("{base}/orders"))
+            .body(format!("order {i}"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            failed += 1;
+            assert_eq!(r.headers()["retry-after"], "2");
+            assert_eq!(r.headers()["x-fallacy-fault"], "orders-503");
+        } else {
+            assert_eq!(r.status(), 200);
+            assert!(r.headers().get("x-fallacy-fault").is_none());
+            assert_eq!(r.text().await.unwrap(), format!("order {i}"));
+        }
+    }
+    // Binomial(400, 0.1): mean 40, sd 6; 16..64 is four sd either way.
+    assert!((16..=64).contains(&failed), "{failed} of {n} failed");
+    for _ in 0..50 {
+        let r = c.get(format!("{base}/orders")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "GET /orders is not matched");
+    }
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_serves_on_after_a_fault() {
+    let (f, addr, _base) = setup().await;
+    add(
+        &f,
+        json!({"name": "teapot", "type": "http_abort", "attributes": {"status": 418, "body": "no"},
+                   "match": {"path": "/orders"}}),
+    )
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = "GET /orders HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let text = read_until(&mut s, "hello").await;
+    assert!(text.starts_with("HTTP/1.1 418"), "{text}");
+    assert!(text.contains("x-fallacy-fault: teapot"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
+}
+
+async fn read_until(s: &mut TcpStream, needle: &str) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => panic!("read: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn header_matchers_pick_requests() {
+    let (f, _addr, base) = setup().await;
+    add(
+        &f,
+        json!({"name": "tenant-a", "type": "http_abort", "attributes": {"status": 500},
+                   "match": {"header": {"name": "x-tenant", "equals": "a"}}}),
+    )
+    .await;
+    add(
+        &f,
+        json!({"name": "curl", "type": "http_abort", "attributes": {"status": 502},
+                   "match": {"header": {"name": "user-agent", "regex": "^curl/"}}}),
+    )
+    .await;
+    let c = client();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(c.get(&base).header("x-tenant", "a").send().await.unwrap()),
+        500
+    );
+    assert_eq!(
+        status(c.get(&base).header("x-tenant", "b").send().await.unwrap()),
+        200
+    );
+    assert_eq!(
+        status(
+            c.get(&base)
+                .header("user-agent", "curl/8.5")
+                .send()
+                .await
+                .unwrap()
+        ),
+        502
+    );
+    assert_eq!(status(c.get(&base).send().await.unwrap()), 200);
+    // The first toxic that answers wins; both are named only if both acted.
+    let r = c
+        .get(&base)
+        .header("x-tenant", "a")
+        .header("user-agent", "curl/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.headers()["x-fallacy-fault"], "tenant-a");
+}
+
+#[tokio::test]
+async fn http_delay_waits_in_the_phase_asked_for() {
+    let (f, _addr, base) = setup().await;
+    let c = client();
+    for (phase, ms) in [("request", 150u64), ("headers", 200), ("body", 250)] {
+        add(
+            &f,
+            json!({"name": "slow", "type": "http_delay",
+                       "attributes": {"latency": ms, "phase": phase}}),
+        )
+        .await;
+        let t0 = Instant::now();
+        let r = c.get(&base).send().await.unwrap();
+        let headers_at = t0.elapsed();
+        assert_eq!(r.headers()["x-fallacy-fault"], "slow");
+        assert_eq!(r.text().await.unwrap(), "hello");
+        let body_at = t0.elapsed();
+        let want = Duration::from_millis(ms);
+        if phase == "body" {
+            assert!(
+                headers_at < want,
+                "{phase}: headers came after {headers_at:?}"
+            );
+            assert!(body_at >= want, "{phase}: body came after {body_at:?}");
+        } else {
+            assert!(
+                headers_at >= want,
+                "{phase}: headers came after {headers_at:?}"
+            );
+        }
+        assert!(
+            body_at < want + Duration::from_millis(400),
+            "{phase}: {body_at:?}"
+        );
+        let (status, _) = f.call("DELETE", "/proxies/web/toxics/slow", None).await;
+        assert_eq!(status, 204);
+    }
+}
+
+#[tokio::test]
+async fn latency_on_an_http_proxy_delays_each_request() {
+    let (f, _addr, base) = setup().await;
+    add(
+        &f,
+        json!({"type": "latency", "attributes": {"latency": 120}}),
+    )
+    .await;
+    let c = client();
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let r = c.get(&base).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "hello");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(120),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn maintenance_answers_503_with_a_default_retry_after() {
+    let (f, _addr, base) = setup().await;
+    add(&f, json!({"name": "window", "type": "maintenance"})).await;
+    let r = client().get(&base).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "30");
+    assert_eq!(r.headers()["x-fallacy-fault"], "window");
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_past_the_burst() {
+    let (f, _addr, base) = setup().await;
+    add(
+        &f,
+        json!({"name": "rl", "type": "rate_limit", "attributes": {"rate": 2, "burst": 5}}),
+    )
+    .await;
+    let c = client();
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        let r = c.get(&base).send().await.unwrap();
+        if r.status() == 429 {
+            let after: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=1).contains(&after), "retry-after {after}");
+            assert_eq!(r.headers()["x-fallacy-fault"], "rl");
+        }
+        codes.push(r.status().as_u16());
+    }
+    // Ten requests well within a second: the burst of 5 passes, then about 2/s refill.
+    let ok = codes.iter().filter(|&&c| c == 200).count();
+    assert!((5..=6).contains(&ok), "{codes:?}");
+}
+
+#[tokio::test]
+async fn an_abort_with_reset_resets_the_connection() {
+    let (f, addr, _base) = setup().await;
+    add(
+        &f,
+        json!({"name": "rst", "type": "http_abort", "attributes": {"reset": true}}),
+    )
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_reset(&mut s, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_fault_header_can_be_turned_off() {
+    let (f, _addr, base) = setup().await;
+    add(&f, json!({"name": "m", "type": "maintenance"})).await;
+    let (status, proxy) = f
+        .call("POST", "/proxies/web", Some(r#"{"fault_header": false}"#))
+        .await;
+    assert_eq!(status, 200, "{proxy}");
+    assert_eq!(proxy["fault_header"], false);
+    let r = client().get(&base).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("x-fallacy-fault").is_none());
+}
+
+#[tokio::test]
+async fn a_dead_upstream_is_a_502_that_names_it() {
+    let f = Fallacy::start().await;
+    let dead = dead_addr().await;
+    let body = json!({"name": "web", "listen": "127.0.0.1:0", "upstream": dead.to_string(), "protocol": "http"});
+    let (status, proxy) = f.call("POST", "/proxies", Some(&body.to_string())).await;
+    assert_eq!(status, 201);
+    let r = client()
+        .get(format!("http://{}/", proxy["listen"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains(&dead.to_string()));
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_400_and_upgrades_a_clear_501() {
+    let (_f, addr, _base) = setup().await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"THIS IS NOT HTTP\r\n\r\n").await.unwrap();
+    let text = read_until(&mut s, "\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let text = read_until(&mut s, "TCP proxy").await;
+    assert!(text.starts_with("HTTP/1.1 501"), "{text:?}");
+}
+
+/// Every rejection names the field and changes nothing.
+#[tokio::test]
+async fn bad_http_input_is_refused_and_changes_nothing() {
+    let (f, _addr, _base) = setup().await;
+    let tcp = f.proxy("tcp", dead_addr().await).await;
+    let _ = tcp;
+    for (proxy, toxic, fragment) in [
+        (
+            "tcp",
+            json!({"type": "http_abort"}),
+            "type: http_abort acts on HTTP requests",
+        ),
+        (
+            "tcp",
+            json!({"type": "latency", "match": {"path": "/"}}),
+            "match: matches HTTP requests",
+        ),
+        (
+            "tcp",
+            json!({"type": "latency", "attributes": {"per": "request"}}),
+            "attributes.per",
+        ),
+        (
+            "web",
+            json!({"type": "bandwidth", "attributes": {"rate": 1}}),
+            "type: bandwidth acts on the byte stream",
+        ),
+        (
+            "web",
+            json!({"type": "http_abort", "attributes": {"status": 99}}),
+            "attributes.status: must be an HTTP status from 200 to 599, got 99",
+        ),
+        (
+            "web",
+            json!({"type": "http_abort", "attributes": {"status": 600}}),
+            "attributes.status",
+        ),
+        (
+            "web",
+            json!({"type": "http_abort", "match": {"header": {"name": "x", "regex": "(["}}}),
+            "match.header.regex: bad regex",
+        ),
+        (
+            "web",
+            json!({"type": "http_abort", "match": {"header": {"name": "bad name"}}}),
+            "match.header.name",
+        ),
+        (
+            "web",
+            json!({"type": "http_abort", "match": {"mehtod": "GET"}}),
+            "match.mehtod: unknown key",
+        ),
+        (
+            "web",
+            json!({"type": "http_abort", "toxicity": 1.5}),
+            "toxicity must be between 0 and 1",
+        ),
+        (
+            "web",
+            json!({"type": "http_delay", "attributes": {"phase": "later"}}),
+            "attributes.phase",
+        ),
+        (
+            "web",
+            json!({"type": "http_delay", "attributes": {"per": "chunk"}}),
+            "attributes.per",
+        ),
+        (
+            "web",
+            json!({"type": "http_delay", "attributes": {"distribution": "lognormal", "p50": 20, "p99": 10}}),
+            "attributes.p99",
+        ),
+        (
+            "web",
+            json!({"type": "rate_limit", "attributes": {"rate": 0}}),
+            "attributes.rate",
+        ),
+        (
+            "web",
+            json!({"type": "rate_limit", "attributes": {"rate": 5, "burst": 0}}),
+            "attributes.burst",
+        ),
+        (
+            "web",
+            json!({"type": "rate_limit", "attributes": {"rate": 5, "per": "user"}}),
+            "attributes.per",
+        ),
+        (
+            "web",
+            json!({"type": "maintenance", "attributes": {"retry_after": -1}}),
+            "attributes.retry_after",
+        ),
+    ] {
+        let (status, body) = f
+            .call(
+                "POST",
+                &format!("/proxies/{proxy}/toxics"),
+                Some(&toxic.to_string()),
+            )
+            .await;
+        assert_eq!(status, 400, "{toxic}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(fragment), "{toxic}: {error}");
+    }
+    for proxy in ["tcp", "web"] {
+        let (_, toxics) = f
+            .call("GET", &format!("/proxies/{proxy}/toxics"), None)
+            .await;
+        assert_eq!(toxics, json!([]), "{proxy} changed");
+    }
+    let (status, body) = f
+        .call("POST", "/proxies/web", Some(r#"{"protocol": "tcp"}"#))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("protocol"),
+        "{body}"
+    );
+    let (status, body) = f
+        .call(
+            "POST",
+            "/proxies",
+            Some(r#"{"name":"u","upstream":"127.0.0.1:1","protocol":"udp"}"#),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("protocol"),
+        "{body}"
+    );
+    let (status, _) = f.call("GET", "/proxies/u", None).await;
+    assert_eq!(status, 404);
+    // An update that would put a byte toxic on the HTTP proxy is refused too.
+    add(
+        &f,
+        json!({"name": "d", "type": "http_delay", "attributes": {"latency": 1}}),
+    )
+    .await;
+    let (status, body) = f
+        .call(
+            "POST",
+            "/proxies/web/toxics/d",
+            Some(r#"{"match": {"path": "nope"}}"#),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (_, toxic) = f.call("GET", "/proxies/web/toxics/d", None).await;
+    assert!(toxic.get("match").is_none(), "{toxic}");
+}
+
+#[tokio::test]
+async fn match_is_shown_and_can_be_replaced_or_removed() {
+    let (f, _addr, base) = setup().await;
+    let t = add(
+        &f,
+        json!({"name": "a", "type": "http_abort", "attributes": {"status": 500},
+                           "match": {"path": "/orders*"}}),
+    )
+    .await;
+    assert_eq!(t["match"], json!({"path": "/orders*"}));
+    let c = client();
+    assert_eq!(c.get(&base).send().await.unwrap().status(), 200);
+    let (status, t) = f
+        .call("POST", "/proxies/web/toxics/a", Some(r#"{"match": null}"#))
+        .await;
+    assert_eq!(status, 200, "{t}");
+    assert!(t.get("match").is_none(), "{t}");
+    assert_eq!(c.get(&base).send().await.unwrap().status(), 500);
+}
