@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use rand::Rng;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
@@ -106,9 +105,7 @@ impl ConnFaults {
                     continue;
                 }
             }
-            if spec.toxicity < 1.0
-                && !(spec.toxicity > 0.0 && self.cx.rng.random::<f32>() < spec.toxicity)
-            {
+            if !spec.applies(&mut self.cx) {
                 continue;
             }
             match &spec.kind {
