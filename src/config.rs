@@ -35,6 +35,8 @@ pub struct Config {
     pub seed: Option<u64>,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// HTTP proxies: how long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
     /// Drain period on shutdown.
     pub shutdown_grace: Duration,
     /// Proxies to create at start, with their toxics.
@@ -47,6 +49,7 @@ impl Default for Config {
             admin: None,
             seed: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             proxies: Vec::new(),
         }
@@ -176,6 +179,7 @@ struct RawAdmin {
 struct RawServer {
     seed: Option<u64>,
     connect_timeout: Option<Spanned<String>>,
+    header_read_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
 }
 
@@ -305,6 +309,11 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
             server.connect_timeout,
             "server.connect_timeout",
             DEFAULT_CONNECT_TIMEOUT,
+        );
+        config.header_read_timeout = duration(
+            server.header_read_timeout,
+            "server.header_read_timeout",
+            crate::http::DEFAULT_HEADER_READ_TIMEOUT,
         );
         config.shutdown_grace = duration(
             server.shutdown_grace,

@@ -52,8 +52,9 @@ type ResBody = UnsyncBoxBody<Bytes, BoxError>;
 /// The pooled client a proxy's connections share.
 pub type UpstreamClient = Client<HttpConnector, Incoming>;
 
-/// How long a client may take to send a request's headers: a slow-loris client is cut off.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers unless configured
+/// (`[server] header_read_timeout`): a slow-loris client is cut off.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The header that names the faults a response went through.
 pub const FAULT_HEADER: &str = "x-fallacy-fault";
@@ -94,6 +95,7 @@ pub async fn handle(
 ) {
     let _active = metrics::ConnectionGuard::open(link.metrics());
     let _ = client.set_nodelay(true);
+    let header_read_timeout = link.settings().header_read_timeout;
     let conn = Arc::new(Conn {
         faults: Mutex::new(ConnFaults::new(link.rng_for(id, REQUEST_STREAM))),
         sock: client.as_fd().try_clone_to_owned().ok(),
@@ -109,7 +111,7 @@ pub async fn handle(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let serving = builder.serve_connection(TokioIo::new(client), service);

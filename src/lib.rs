@@ -88,6 +88,7 @@ impl Server {
         let settings = Settings {
             seed: config.seed,
             connect_timeout: config.connect_timeout,
+            header_read_timeout: config.header_read_timeout,
         };
         let store = Store::new(
             settings,

@@ -69,6 +69,8 @@ pub struct Settings {
     pub seed: Option<u64>,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// HTTP proxies: how long a client may take to send a request's headers (slow loris).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -76,6 +78,7 @@ impl Default for Settings {
         Settings {
             seed: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }

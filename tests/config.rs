@@ -315,6 +315,7 @@ fn the_annotated_example_checks_clean_and_uses_every_key_and_toxic() {
         "admin.listen",
         "server.seed",
         "server.connect_timeout",
+        "server.header_read_timeout",
         "server.shutdown_grace",
         "proxy.name",
         "proxy.listen",

@@ -567,3 +567,47 @@ async fn match_is_shown_and_can_be_replaced_or_removed() {
     assert!(t.get("match").is_none(), "{t}");
     assert_eq!(c.get(&base).send().await.unwrap().status(), 500);
 }
+
+/// A client that never finishes its headers is cut off after `header_read_timeout`.
+#[tokio::test]
+async fn a_slow_loris_client_is_cut_off() {
+    let config = fallacy::config::Config {
+        header_read_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let f = Fallacy::with_config(config).await;
+    let up = upstream().await;
+    let body = json!({"name": "web", "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"});
+    let (status, proxy) = f.call("POST", "/proxies", Some(&body.to_string())).await;
+    assert_eq!(status, 201, "{proxy}");
+    let mut s = TcpStream::connect(proxy["listen"].as_str().unwrap())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // A header line now and then, never the blank line that ends them.
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            // hyper may answer 408 before closing: read on to the close.
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                if start.elapsed() > Duration::from_secs(5) {
+                    break false;
+                }
+                let _ = s.write_all(b"X-Drip: 1\r\n").await;
+            }
+        }
+    };
+    assert!(
+        closed,
+        "the connection stayed open for {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+}
