@@ -577,6 +577,14 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 true
             }
         };
+        let fault_header = match map.get("fault_header") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                c.at(at, format!("[{i}].fault_header"), "must be true or false");
+                true
+            }
+        };
         let protocol = match map.get("protocol") {
             None | Some(Value::Null) => Protocol::Tcp,
             Some(Value::String(p)) => Protocol::parse(p).unwrap_or_else(|message| {
@@ -625,7 +633,7 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                     upstream,
                     enabled,
                     protocol,
-                    fault_header: !matches!(map.get("fault_header"), Some(Value::Bool(false))),
+                    fault_header,
                 },
                 toxics,
             });

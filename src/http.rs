@@ -38,19 +38,20 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 pub use matcher::Matcher;
 
 use crate::metrics;
 use crate::proxy::{Link, Settings};
+use crate::toxic::Direction;
 use faults::{Answer, ConnFaults, Decision};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ResBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The pooled client a proxy's connections share.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<HttpConnector, Counted<Incoming>>;
 
 /// How long a client may take to send a request's headers unless configured
 /// (`[server] header_read_timeout`): a slow-loris client is cut off.
@@ -132,6 +133,7 @@ impl Conn {
         let link = &self.link;
         link.metrics().request();
         let (parts, body) = req.into_parts();
+        let version = parts.version;
         let toxics = link.toxics();
         let d: Decision = self
             .faults
@@ -152,10 +154,7 @@ impl Conn {
                 body,
                 retry_after,
             }) => {
-                let mut r = text(
-                    StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                    body.clone(),
-                );
+                let mut r = text(*status, body.clone());
                 if let Some(secs) = retry_after {
                     r.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
@@ -164,6 +163,11 @@ impl Conn {
             }
             None => self.forward(parts, body).await,
         };
+        // A proxy answers in its own HTTP version (RFC 9110 section 6.2), not the upstream's:
+        // an HTTP/1.0 upstream must not turn a keep-alive client's connection into 1.0.
+        *response.version_mut() = version;
+        let bytes = link.metrics().bytes(Direction::Downstream);
+        response = response.map(|b| Counted { inner: b, bytes }.boxed_unsync());
         wait(d.before_headers).await;
         if !d.before_body.is_zero() {
             response = response.map(|b| {
@@ -216,6 +220,10 @@ impl Conn {
         strip_hop_by_hop(&mut parts.headers);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
+        let body = Counted {
+            inner: body,
+            bytes: self.link.metrics().bytes(Direction::Upstream),
+        };
         match self
             .upstream
             .request(Request::from_parts(parts, body))
@@ -227,15 +235,22 @@ impl Conn {
                 Response::from_parts(parts, body.map_err(box_error).boxed_unsync())
             }
             Err(err) => {
+                // hyper's message is the outermost of a chain ("client error (Connect)"); the
+                // innermost cause ("Connection refused") is what a user can act on.
+                let mut cause: &dyn std::error::Error = &err;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                let reason = format!("{err}: {cause}");
                 if err.is_connect() {
                     self.link.metrics().upstream_connect_error();
+                    warn!(proxy = %self.link.name(), %upstream, %reason, "answering 502: upstream unavailable");
+                } else {
+                    debug!(%upstream, %reason, "upstream request failed");
                 }
-                debug!(%err, %upstream, "upstream request failed");
-                let cause =
-                    std::error::Error::source(&err).map_or(String::new(), |s| format!(": {s}"));
                 text(
                     StatusCode::BAD_GATEWAY,
-                    format!("fallacy: upstream {upstream} failed: {err}{cause}\n"),
+                    format!("fallacy: upstream {upstream} failed: {reason}\n"),
                 )
             }
         }
@@ -257,6 +272,39 @@ impl Conn {
 #[derive(Debug, thiserror::Error)]
 #[error("connection reset by an http_abort fault")]
 pub struct FaultReset;
+
+/// A body that counts its bytes into `fallacy_bytes_total` as they pass, as the TCP path does
+/// per chunk.
+pub struct Counted<B> {
+    inner: B,
+    bytes: ::metrics::Counter,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(data) = f.data_ref() {
+                self.bytes.increment(data.len() as u64);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A body whose first frame waits.
 struct DelayedBody {

@@ -63,11 +63,12 @@ pub(crate) struct ProxyMetrics {
     bytes_upstream: Counter,
     bytes_downstream: Counter,
     connect_errors: Counter,
-    requests: Counter,
+    /// HTTP proxies only: a TCP proxy shows no request series rather than a zero forever.
+    requests: Option<Counter>,
 }
 
 impl ProxyMetrics {
-    pub(crate) fn new(proxy: &str) -> ProxyMetrics {
+    pub(crate) fn new(proxy: &str, http: bool) -> ProxyMetrics {
         let p = || proxy.to_owned();
         ProxyMetrics {
             connections: counter!(CONNECTIONS_TOTAL, "proxy" => p()),
@@ -75,7 +76,7 @@ impl ProxyMetrics {
             bytes_upstream: counter!(BYTES_TOTAL, "proxy" => p(), "direction" => "upstream"),
             bytes_downstream: counter!(BYTES_TOTAL, "proxy" => p(), "direction" => "downstream"),
             connect_errors: counter!(UPSTREAM_CONNECT_ERRORS_TOTAL, "proxy" => p()),
-            requests: counter!(REQUESTS_TOTAL, "proxy" => p()),
+            requests: http.then(|| counter!(REQUESTS_TOTAL, "proxy" => p())),
         }
     }
 
@@ -88,7 +89,9 @@ impl ProxyMetrics {
     }
 
     pub(crate) fn request(&self) {
-        self.requests.increment(1);
+        if let Some(requests) = &self.requests {
+            requests.increment(1);
+        }
     }
 
     pub(crate) fn upstream_connect_error(&self) {

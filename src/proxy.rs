@@ -112,7 +112,7 @@ impl Link {
             generation: watch::channel(0).0,
             connections: AtomicU64::new(0),
             settings,
-            metrics: ProxyMetrics::new(name),
+            metrics: ProxyMetrics::new(name, protocol == Protocol::Http),
         }
     }
 

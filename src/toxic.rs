@@ -164,7 +164,15 @@ impl ToxicSpec {
                 }
                 Ok(())
             }
-            Protocol::Http => match self.kind {
+            Protocol::Http => match &self.kind {
+                ToxicKind::Latency(a)
+                    if matches!(a.per.as_deref(), Some("chunk" | "connection")) =>
+                {
+                    Err(AttrError::new(
+                        "attributes.per",
+                        "on an HTTP proxy latency waits once per request; leave per out or use \"request\"",
+                    ))
+                }
                 ToxicKind::Latency(_) | ToxicKind::Noop(_) => Ok(()),
                 _ if self.kind.is_http() => Ok(()),
                 _ => Err(AttrError::new(

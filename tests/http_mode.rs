@@ -100,6 +100,44 @@ async fn requests_pass_through_unchanged_without_faults() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), &random_bytes(BIG, 5)[..]);
 }
 
+/// The proxy answers in the client's HTTP version whatever the upstream speaks: an HTTP/1.0
+/// upstream must not turn a keep-alive HTTP/1.1 connection into a one-shot one.
+#[tokio::test]
+async fn responses_carry_the_clients_version_not_the_upstreams() {
+    let f = Fallacy::start().await;
+    let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = old.local_addr().unwrap();
+    tokio::spawn(async move {
+        // An HTTP/1.0 server: one response per connection, then close.
+        for _ in 0..4 {
+            let Ok((mut s, _)) = old.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        }
+    });
+    let body = json!({"name": "old", "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"});
+    let (_, proxy) = f.call("POST", "/proxies", Some(&body.to_string())).await;
+    let mut s = TcpStream::connect(proxy["listen"].as_str().unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_until(&mut s, "ok").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+    // Same connection, second request: still served.
+    s.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_until(&mut s, "ok").await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second:?}");
+}
+
 #[tokio::test]
 async fn h2c_with_prior_knowledge_is_served() {
     let (_f, _addr, base) = setup().await;
@@ -378,7 +416,10 @@ async fn a_dead_upstream_is_a_502_that_names_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), 502);
-    assert!(r.text().await.unwrap().contains(&dead.to_string()));
+    let text = r.text().await.unwrap();
+    assert!(text.contains(&dead.to_string()), "{text}");
+    // The innermost cause, the one a user can act on.
+    assert!(text.to_lowercase().contains("refused"), "{text}");
 }
 
 #[tokio::test]

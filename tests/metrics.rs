@@ -209,3 +209,54 @@ async fn a_proxy_that_cannot_listen_leaves_no_metric_series() {
     assert_eq!(resp.status(), 500);
     assert!(!f.scrape().await.contains("proxy=\"ghost\""));
 }
+
+/// On an HTTP proxy `fallacy_bytes_total` counts the bodies both ways as they pass and
+/// `fallacy_requests_total` the requests; a TCP proxy shows no request series at all.
+#[tokio::test]
+async fn http_proxies_count_requests_and_body_bytes() {
+    let f = Running::start().await;
+    let app = axum::Router::new().route(
+        "/echo",
+        axum::routing::post(|body: axum::body::Bytes| async move { body }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(support::SERVER_LIFETIME, axum::serve(listener, app)).await;
+    });
+    let p = f
+        .post(
+            "/proxies",
+            json!({"name": "web-bytes", "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"}),
+        )
+        .await;
+    f.proxy("tcp-no-requests", dead_addr().await).await;
+    let c = reqwest::Client::new();
+    let body = vec![7u8; 100_000];
+    for _ in 0..3 {
+        let r = c
+            .post(format!("http://{}/echo", p["listen"].as_str().unwrap()))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.bytes().await.unwrap().len(), body.len());
+    }
+    f.expect(r#"fallacy_requests_total{proxy="web-bytes"}"#, 3.0)
+        .await;
+    f.expect(
+        r#"fallacy_bytes_total{proxy="web-bytes",direction="upstream"}"#,
+        300_000.0,
+    )
+    .await;
+    f.expect(
+        r#"fallacy_bytes_total{proxy="web-bytes",direction="downstream"}"#,
+        300_000.0,
+    )
+    .await;
+    let text = f.scrape().await;
+    assert!(
+        !text.contains(r#"fallacy_requests_total{proxy="tcp-no-requests"}"#),
+        "{text}"
+    );
+}

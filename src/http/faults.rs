@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::StatusCode;
 use http::request::Parts;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
@@ -19,7 +20,7 @@ pub enum Answer {
     /// A response made up here.
     Respond {
         /// The status code.
-        status: u16,
+        status: StatusCode,
         /// The body (plain text).
         body: String,
         /// `Retry-After`, in whole seconds.
@@ -132,7 +133,9 @@ impl ConnFaults {
                         Answer::Reset
                     } else {
                         Answer::Respond {
-                            status: a.status as u16,
+                            // Checked to be 200..=599 when decoded.
+                            status: StatusCode::from_u16(a.status as u16)
+                                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                             body: a.body.clone().unwrap_or_else(|| {
                                 format!("fault injected by fallacy: {} (http_abort)\n", spec.name)
                             }),
@@ -143,7 +146,7 @@ impl ConnFaults {
                 }
                 ToxicKind::Maintenance(a) => {
                     d.answer = Some(Answer::Respond {
-                        status: 503,
+                        status: StatusCode::SERVICE_UNAVAILABLE,
                         body: a.body.clone().unwrap_or_else(|| {
                             format!("down for maintenance (fallacy: {})\n", spec.name)
                         }),
@@ -155,7 +158,7 @@ impl ConnFaults {
                     let Some(limiter) = &a.limiter else { continue };
                     if let Err(wait) = limiter.acquire(client, now) {
                         d.answer = Some(Answer::Respond {
-                            status: 429,
+                            status: StatusCode::TOO_MANY_REQUESTS,
                             body: format!("rate limited by fallacy: {}\n", spec.name),
                             retry_after: Some(retry_after_secs(wait)),
                         });
