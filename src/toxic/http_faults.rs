@@ -13,18 +13,11 @@ use tokio::time::Instant;
 
 use super::spec::{AttrError, LatencyAttrs, Millis};
 
-fn bad(path: &str, message: impl Into<String>) -> AttrError {
-    AttrError {
-        path: format!("attributes.{path}"),
-        message: message.into(),
-    }
-}
-
 fn status_ok(status: i64, path: &str) -> Result<(), AttrError> {
     if (200..=599).contains(&status) {
         Ok(())
     } else {
-        Err(bad(
+        Err(AttrError::attribute(
             path,
             format!("must be an HTTP status from 200 to 599, got {status}"),
         ))
@@ -33,7 +26,7 @@ fn status_ok(status: i64, path: &str) -> Result<(), AttrError> {
 
 fn not_negative(d: Option<Millis>, path: &str) -> Result<(), AttrError> {
     match d {
-        Some(m) if m.0 < 0 => Err(bad(path, "must not be negative")),
+        Some(m) if m.0 < 0 => Err(AttrError::attribute(path, "must not be negative")),
         _ => Ok(()),
     }
 }
@@ -128,7 +121,7 @@ impl HttpDelayAttrs {
         match self.latency.per.as_deref() {
             None | Some("request") => {}
             Some(other) => {
-                return Err(bad(
+                return Err(AttrError::attribute(
                     "per",
                     format!(
                         "http_delay waits once per request; leave per out or use \"request\", got {other:?}"
@@ -140,7 +133,7 @@ impl HttpDelayAttrs {
             Some("request") => Ok(Phase::Request),
             None | Some("headers") => Ok(Phase::Headers),
             Some("body") => Ok(Phase::Body),
-            Some(other) => Err(bad(
+            Some(other) => Err(AttrError::attribute(
                 "phase",
                 format!("must be \"request\", \"headers\" or \"body\", got {other:?}"),
             )),
@@ -174,7 +167,7 @@ pub struct RateLimitAttrs {
 impl RateLimitAttrs {
     pub(super) fn check(&mut self) -> Result<(), AttrError> {
         if !self.rate.is_finite() || self.rate <= 0.0 {
-            return Err(bad(
+            return Err(AttrError::attribute(
                 "rate",
                 format!(
                     "must be a number of requests per second above 0, got {}",
@@ -183,7 +176,12 @@ impl RateLimitAttrs {
             ));
         }
         let burst = match self.burst {
-            Some(b) if b < 1 => return Err(bad("burst", format!("must be at least 1, got {b}"))),
+            Some(b) if b < 1 => {
+                return Err(AttrError::attribute(
+                    "burst",
+                    format!("must be at least 1, got {b}"),
+                ));
+            }
             Some(b) => b as f64,
             None => self.rate.ceil().max(1.0),
         };
@@ -191,7 +189,7 @@ impl RateLimitAttrs {
             None | Some("global") => false,
             Some("client") => true,
             Some(other) => {
-                return Err(bad(
+                return Err(AttrError::attribute(
                     "per",
                     format!("must be \"global\" or \"client\", got {other:?}"),
                 ));

@@ -36,17 +36,10 @@ pub struct LatencyModel {
     per_kb_us: f64,
 }
 
-fn bad(path: &str, message: impl Into<String>) -> AttrError {
-    AttrError {
-        path: format!("attributes.{path}"),
-        message: message.into(),
-    }
-}
-
 fn required(value: Option<Millis>, name: &str, dist: &str) -> Result<f64, AttrError> {
     value
         .map(Millis::as_ms)
-        .ok_or_else(|| bad(name, format!("required by distribution {dist:?}")))
+        .ok_or_else(|| AttrError::attribute(name, format!("required by distribution {dist:?}")))
 }
 
 fn show(ms: f64) -> String {
@@ -55,7 +48,10 @@ fn show(ms: f64) -> String {
 
 fn finite(value: Option<f64>, name: &str) -> Result<Option<f64>, AttrError> {
     match value {
-        Some(v) if !v.is_finite() => Err(bad(name, format!("must be a finite number, got {v}"))),
+        Some(v) if !v.is_finite() => Err(AttrError::attribute(
+            name,
+            format!("must be a finite number, got {v}"),
+        )),
         other => Ok(other),
     }
 }
@@ -66,7 +62,10 @@ impl LatencyModel {
     pub fn build(a: &LatencyAttrs) -> Result<LatencyModel, AttrError> {
         let nonneg = |v: f64, name: &str| {
             if v < 0.0 {
-                Err(bad(name, format!("must not be negative, got {}", show(v))))
+                Err(AttrError::attribute(
+                    name,
+                    format!("must not be negative, got {}", show(v)),
+                ))
             } else {
                 Ok(v)
             }
@@ -89,7 +88,7 @@ impl LatencyModel {
                 let min = nonneg(required(a.min, "min", "uniform")?, "min")?;
                 let max = required(a.max, "max", "uniform")?;
                 if max < min {
-                    return Err(bad(
+                    return Err(AttrError::attribute(
                         "max",
                         format!("must be at least min ({}), got {}", show(min), show(max)),
                     ));
@@ -105,13 +104,13 @@ impl LatencyModel {
                     (Some(p50), Some(p99), _, _) => {
                         let (p50, p99) = (p50.as_ms(), p99.as_ms());
                         if p50 <= 0.0 {
-                            return Err(bad(
+                            return Err(AttrError::attribute(
                                 "p50",
                                 format!("must be greater than 0, got {}", show(p50)),
                             ));
                         }
                         if p99 < p50 {
-                            return Err(bad(
+                            return Err(AttrError::attribute(
                                 "p99",
                                 format!("must be at least p50 ({}), got {}", show(p50), show(p99)),
                             ));
@@ -120,24 +119,27 @@ impl LatencyModel {
                     }
                     (None, None, Some(mu), Some(sigma)) => {
                         if sigma < 0.0 {
-                            return Err(bad("sigma", format!("must not be negative, got {sigma}")));
+                            return Err(AttrError::attribute(
+                                "sigma",
+                                format!("must not be negative, got {sigma}"),
+                            ));
                         }
                         Distribution::LogNormal { mu, sigma }
                     }
                     (Some(_), None, _, _) => {
-                        return Err(bad(
+                        return Err(AttrError::attribute(
                             "p99",
                             "required with p50 by distribution \"lognormal\"",
                         ));
                     }
                     (None, Some(_), _, _) => {
-                        return Err(bad(
+                        return Err(AttrError::attribute(
                             "p50",
                             "required with p99 by distribution \"lognormal\"",
                         ));
                     }
                     _ => {
-                        return Err(bad(
+                        return Err(AttrError::attribute(
                             "p50",
                             "distribution \"lognormal\" needs p50 and p99, or mu and sigma",
                         ));
@@ -147,22 +149,26 @@ impl LatencyModel {
             Some("pareto") => {
                 let scale = required(a.scale, "scale", "pareto")?;
                 if scale <= 0.0 {
-                    return Err(bad(
+                    return Err(AttrError::attribute(
                         "scale",
                         format!("must be greater than 0, got {}", show(scale)),
                     ));
                 }
-                let shape = finite(a.shape, "shape")?
-                    .ok_or_else(|| bad("shape", "required by distribution \"pareto\""))?;
+                let shape = finite(a.shape, "shape")?.ok_or_else(|| {
+                    AttrError::attribute("shape", "required by distribution \"pareto\"")
+                })?;
                 if shape <= 0.0 {
-                    return Err(bad("shape", format!("must be greater than 0, got {shape}")));
+                    return Err(AttrError::attribute(
+                        "shape",
+                        format!("must be greater than 0, got {shape}"),
+                    ));
                 }
                 Distribution::Pareto { scale, shape }
             }
             Some("exponential") => {
                 let mean = required(a.mean, "mean", "exponential")?;
                 if mean <= 0.0 {
-                    return Err(bad(
+                    return Err(AttrError::attribute(
                         "mean",
                         format!("must be greater than 0, got {}", show(mean)),
                     ));
@@ -171,7 +177,7 @@ impl LatencyModel {
             }
             Some("empirical") => Distribution::Empirical(Arc::new(empirical(a)?)),
             Some(other) => {
-                return Err(bad(
+                return Err(AttrError::attribute(
                     "distribution",
                     format!(
                         "unknown distribution {other:?}; use one of {}",
@@ -190,7 +196,7 @@ impl LatencyModel {
             .filter(|_| a.distribution.as_deref() != Some("uniform"));
         if let (Some(lo), Some(hi)) = (min, max) {
             if hi < lo {
-                return Err(bad(
+                return Err(AttrError::attribute(
                     "max",
                     format!("must be at least min ({}), got {}", show(lo), show(hi)),
                 ));
@@ -198,7 +204,7 @@ impl LatencyModel {
         }
         let correlation = finite(a.correlation, "correlation")?.unwrap_or(0.0);
         if !(0.0..=1.0).contains(&correlation) {
-            return Err(bad(
+            return Err(AttrError::attribute(
                 "correlation",
                 format!("must be within 0..1, got {correlation}"),
             ));
@@ -209,7 +215,7 @@ impl LatencyModel {
             // HTTP proxies only: the store refuses it on a TCP proxy, which knows which it is.
             Some("request") => false,
             Some(other) => {
-                return Err(bad(
+                return Err(AttrError::attribute(
                     "per",
                     format!("must be \"chunk\", \"connection\" or \"request\", got {other:?}"),
                 ));
@@ -217,7 +223,7 @@ impl LatencyModel {
         };
         let per_kb_us = finite(a.per_byte, "per_byte")?.unwrap_or(0.0);
         if per_kb_us < 0.0 {
-            return Err(bad(
+            return Err(AttrError::attribute(
                 "per_byte",
                 format!("must not be negative, got {per_kb_us}"),
             ));
@@ -244,7 +250,7 @@ fn empirical(a: &LatencyAttrs) -> Result<Vec<f64>, AttrError> {
         (Some(samples), _) => {
             for (i, s) in samples.iter().enumerate() {
                 if s.0 < 0 {
-                    return Err(bad(
+                    return Err(AttrError::attribute(
                         &format!("samples[{i}]"),
                         format!("must not be negative, got {}", show(s.as_ms())),
                     ));
@@ -254,7 +260,7 @@ fn empirical(a: &LatencyAttrs) -> Result<Vec<f64>, AttrError> {
         }
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| bad("file", format!("cannot read {path:?}: {e}")))?;
+                .map_err(|e| AttrError::attribute("file", format!("cannot read {path:?}: {e}")))?;
             let mut values = Vec::new();
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
@@ -264,7 +270,7 @@ fn empirical(a: &LatencyAttrs) -> Result<Vec<f64>, AttrError> {
                 let ms = match line.parse::<f64>() {
                     Ok(ms) if ms.is_finite() && ms >= 0.0 => ms,
                     Ok(_) => {
-                        return Err(bad(
+                        return Err(AttrError::attribute(
                             "file",
                             format!(
                                 "{path}:{}: {line:?} is not a delay (non-negative milliseconds)",
@@ -274,7 +280,9 @@ fn empirical(a: &LatencyAttrs) -> Result<Vec<f64>, AttrError> {
                     }
                     Err(_) => {
                         parse_duration(line)
-                            .map_err(|e| bad("file", format!("{path}:{}: {e}", n + 1)))?
+                            .map_err(|e| {
+                                AttrError::attribute("file", format!("{path}:{}: {e}", n + 1))
+                            })?
                             .as_secs_f64()
                             * 1e3
                     }
@@ -284,7 +292,7 @@ fn empirical(a: &LatencyAttrs) -> Result<Vec<f64>, AttrError> {
             values
         }
         (None, None) => {
-            return Err(bad(
+            return Err(AttrError::attribute(
                 "samples",
                 "distribution \"empirical\" needs samples = [...] or file = \"path\"",
             ));
@@ -295,7 +303,7 @@ fn empirical(a: &LatencyAttrs) -> Result<Vec<f64>, AttrError> {
             .file
             .as_deref()
             .map_or("samples".to_owned(), |f| format!("file {f:?}"));
-        return Err(bad(
+        return Err(AttrError::attribute(
             if a.samples.is_some() {
                 "samples"
             } else {

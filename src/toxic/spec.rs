@@ -310,6 +310,14 @@ pub struct AttrError {
 }
 
 impl AttrError {
+    /// An error about the attribute `name` (shown as `attributes.<name>`).
+    pub fn attribute(name: &str, message: impl Into<String>) -> AttrError {
+        AttrError {
+            path: format!("attributes.{name}"),
+            message: message.into(),
+        }
+    }
+
     /// An error about `path` (e.g. `attributes.p99`).
     pub fn new(path: &str, message: &str) -> AttrError {
         AttrError {
