@@ -865,18 +865,7 @@ async fn http_load(cli: ClientOpts, conns: usize, warmup: f64, cpu_pid: Option<u
         })
     });
     let tasks: Vec<_> = (0..conns).map(|_| tokio::spawn(http_worker(addr, ms, me))).collect();
-    let mut lat = Vec::new();
-    let (mut total, mut errors, mut last_error) = (0u64, 0u64, String::new());
-    for t in tasks {
-        if let Ok(w) = t.await {
-            lat.extend_from_slice(&w.lat);
-            total += w.total;
-            errors += w.errors;
-            if !w.last_error.is_empty() {
-                last_error = w.last_error;
-            }
-        }
-    }
+    let WorkerOut { mut lat, total, errors, last_error } = join_workers(tasks).await;
     let window = cli.duration.max(1e-9);
     let n = lat.len() as u64;
     let mut out = vec![
@@ -898,6 +887,22 @@ async fn http_load(cli: ClientOpts, conns: usize, warmup: f64, cpu_pid: Option<u
     out.push(("error", J::S(last_error)));
     emit(&out);
     0
+}
+
+/// Waits for every worker and merges what they measured.
+async fn join_workers(tasks: Vec<tokio::task::JoinHandle<WorkerOut>>) -> WorkerOut {
+    let mut all = WorkerOut { lat: Vec::new(), total: 0, errors: 0, last_error: String::new() };
+    for t in tasks {
+        if let Ok(w) = t.await {
+            all.lat.extend_from_slice(&w.lat);
+            all.total += w.total;
+            all.errors += w.errors;
+            if !w.last_error.is_empty() {
+                all.last_error = w.last_error;
+            }
+        }
+    }
+    all
 }
 
 async fn conn_once(addr: SocketAddr, buf: &mut Vec<u8>, tmp: &mut [u8]) -> Result<(), String> {
@@ -962,18 +967,7 @@ async fn conn_rate(cli: ClientOpts, conns: usize, warmup: f64) -> i32 {
     let ms = Instant::now() + secs(warmup);
     let me = ms + secs(cli.duration);
     let tasks: Vec<_> = (0..conns).map(|_| tokio::spawn(conn_worker(addr, ms, me))).collect();
-    let mut lat = Vec::new();
-    let (mut total, mut errors, mut last_error) = (0u64, 0u64, String::new());
-    for t in tasks {
-        if let Ok(w) = t.await {
-            lat.extend_from_slice(&w.lat);
-            total += w.total;
-            errors += w.errors;
-            if !w.last_error.is_empty() {
-                last_error = w.last_error;
-            }
-        }
-    }
+    let WorkerOut { mut lat, total, errors, last_error } = join_workers(tasks).await;
     let window = cli.duration.max(1e-9);
     let n = lat.len() as u64;
     let mut out = vec![
