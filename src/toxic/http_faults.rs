@@ -94,11 +94,12 @@ impl MaintenanceAttrs {
 }
 
 /// Where `http_delay` waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Phase {
     /// Before the request goes to the upstream.
     Request,
     /// Before the response headers go to the client (the default).
+    #[default]
     Headers,
     /// After the headers, before the first byte of the body.
     Body,
@@ -114,10 +115,13 @@ pub struct HttpDelayAttrs {
     /// `request`, `headers` (default) or `body`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// `phase`, parsed when the attributes are decoded.
+    #[serde(skip)]
+    pub(crate) parsed_phase: Phase,
 }
 
 impl HttpDelayAttrs {
-    pub(super) fn check(&self) -> Result<Phase, AttrError> {
+    pub(super) fn check(&mut self) -> Result<(), AttrError> {
         match self.latency.per.as_deref() {
             None | Some("request") => {}
             Some(other) => {
@@ -129,20 +133,23 @@ impl HttpDelayAttrs {
                 ));
             }
         }
-        match self.phase.as_deref() {
-            Some("request") => Ok(Phase::Request),
-            None | Some("headers") => Ok(Phase::Headers),
-            Some("body") => Ok(Phase::Body),
-            Some(other) => Err(AttrError::attribute(
-                "phase",
-                format!("must be \"request\", \"headers\" or \"body\", got {other:?}"),
-            )),
-        }
+        self.parsed_phase = match self.phase.as_deref() {
+            Some("request") => Phase::Request,
+            None | Some("headers") => Phase::Headers,
+            Some("body") => Phase::Body,
+            Some(other) => {
+                return Err(AttrError::attribute(
+                    "phase",
+                    format!("must be \"request\", \"headers\" or \"body\", got {other:?}"),
+                ));
+            }
+        };
+        Ok(())
     }
 
-    /// The validated phase (attributes are checked when decoded).
+    /// Where the delay goes.
     pub fn phase(&self) -> Phase {
-        self.check().unwrap_or(Phase::Headers)
+        self.parsed_phase
     }
 }
 
