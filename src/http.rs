@@ -83,6 +83,9 @@ struct Conn {
     /// A second descriptor of the client socket, for `SO_LINGER 0` when a fault resets an
     /// HTTP/1 connection. Closed with the connection (both leave `handle` together).
     sock: Option<OwnedFd>,
+    /// Held by upgraded tunnels too, so the connection counts as open while they run.
+    active: Arc<metrics::ConnectionGuard>,
+    stop: CancellationToken,
 }
 
 /// Serves one client connection until it closes or `stop` fires.
@@ -94,10 +97,12 @@ pub async fn handle(
     id: u64,
     upstream: UpstreamClient,
 ) {
-    let _active = metrics::ConnectionGuard::open(link.metrics());
+    let active = Arc::new(metrics::ConnectionGuard::open(link.metrics()));
     let _ = client.set_nodelay(true);
     let header_read_timeout = link.settings().header_read_timeout;
     let conn = Arc::new(Conn {
+        active,
+        stop: stop.clone(),
         faults: Mutex::new(ConnFaults::new(link.rng_for(id, REQUEST_STREAM))),
         sock: client.as_fd().try_clone_to_owned().ok(),
         link,
@@ -115,7 +120,7 @@ pub async fn handle(
         .header_read_timeout(header_read_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    let serving = builder.serve_connection(TokioIo::new(client), service);
+    let serving = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
     tokio::select! {
         served = serving => {
             if let Err(err) = served {
@@ -191,14 +196,22 @@ impl Conn {
     /// Sends the request to the current upstream and hands its response back.
     async fn forward(&self, mut parts: http::request::Parts, body: Incoming) -> Response<ResBody> {
         let upstream = self.link.upstream();
-        if parts.method == Method::CONNECT || parts.headers.contains_key(header::UPGRADE) {
+        let upgrade =
+            parts.headers.contains_key(header::UPGRADE) && parts.version == Version::HTTP_11;
+        if parts.method == Method::CONNECT
+            || (parts.headers.contains_key(header::UPGRADE) && !upgrade)
+        {
             return text(
                 StatusCode::NOT_IMPLEMENTED,
-                "fallacy: this HTTP proxy does not pass protocol upgrades (WebSocket) through yet; \
-                 use a TCP proxy for them\n"
+                "fallacy: this HTTP proxy passes HTTP/1.1 upgrades (WebSocket) through, but not \
+                 CONNECT or HTTP/2 upgrades; use a TCP proxy for them\n"
                     .into(),
             );
         }
+        // The client's half of an upgrade, taken before the request is rebuilt for upstream.
+        let client_upgrade = upgrade
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri: Uri = match format!("http://{upstream}{path}").parse() {
             Ok(uri) => uri,
@@ -217,7 +230,18 @@ impl Conn {
                 }
             }
         }
+        let kept = upgrade.then(|| {
+            (
+                parts.headers.get(header::UPGRADE).cloned(),
+                parts.headers.get(header::CONNECTION).cloned(),
+            )
+        });
         strip_hop_by_hop(&mut parts.headers);
+        if let Some((up, conn)) = kept {
+            // An upgrade names itself in hop-by-hop headers, which must reach the upstream.
+            parts.headers.extend(up.map(|v| (header::UPGRADE, v)));
+            parts.headers.extend(conn.map(|v| (header::CONNECTION, v)));
+        }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let body = Counted {
@@ -229,7 +253,14 @@ impl Conn {
             .request(Request::from_parts(parts, body))
             .await
         {
-            Ok(response) => {
+            Ok(mut response) => {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = client_upgrade {
+                        let upstream_side = hyper::upgrade::on(&mut response);
+                        self.tunnel(client_side, upstream_side);
+                        return response.map(|b| b.map_err(box_error).boxed_unsync());
+                    }
+                }
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.map_err(box_error).boxed_unsync())
@@ -254,6 +285,35 @@ impl Conn {
                 )
             }
         }
+    }
+
+    /// Once both sides have switched protocols (the client gets the upstream's 101 first),
+    /// copies bytes both ways until either side closes or the proxy stops. The bytes count in
+    /// `fallacy_bytes_total` as they pass; the connection stays in `connections_active`.
+    fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+        let (link, stop, active) = (self.link.clone(), self.stop.clone(), self.active.clone());
+        tokio::spawn(async move {
+            let _active = active;
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(err) => return debug!(%err, "upgrade failed"),
+            };
+            let metrics = link.metrics();
+            let mut client = CountingIo {
+                io: TokioIo::new(client),
+                read: metrics.bytes(Direction::Upstream),
+            };
+            let mut upstream = CountingIo {
+                io: TokioIo::new(upstream),
+                read: metrics.bytes(Direction::Downstream),
+            };
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    debug!(?copied, "upgraded connection closed");
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
     }
 
     /// Ends the exchange without an answer: the caller returns the error to hyper, which then
@@ -303,6 +363,43 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// An upgraded stream that counts the bytes read from it.
+struct CountingIo<T> {
+    io: T,
+    read: ::metrics::Counter,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.read.increment((buf.filled().len() - before) as u64);
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -423,20 +423,81 @@ async fn a_dead_upstream_is_a_502_that_names_it() {
 }
 
 #[tokio::test]
-async fn malformed_requests_get_a_400_and_upgrades_a_clear_501() {
+async fn malformed_requests_get_a_400_and_connect_a_clear_501() {
     let (_f, addr, _base) = setup().await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"THIS IS NOT HTTP\r\n\r\n").await.unwrap();
     let text = read_until(&mut s, "\r\n").await;
     assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
     let text = read_until(&mut s, "TCP proxy").await;
     assert!(text.starts_with("HTTP/1.1 501"), "{text:?}");
+}
+
+/// An upgrade (as WebSocket does) goes through: the upstream's 101 reaches the client, then
+/// the bytes flow both ways untouched until a side closes.
+#[tokio::test]
+async fn upgrades_pass_through_as_a_byte_tunnel() {
+    let f = Fallacy::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let head = read_until(&mut s, "\r\n\r\n").await.to_ascii_lowercase();
+        if !head.contains("upgrade: echo") || !head.contains("connection: upgrade") {
+            // The proxy dropped the upgrade headers: answer something the test will reject.
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            return;
+        }
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let body = json!({"name": "ws", "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"});
+    let (_, proxy) = f.call("POST", "/proxies", Some(&body.to_string())).await;
+    let mut s = TcpStream::connect(proxy["listen"].as_str().unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_until(&mut s, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head:?}");
+    let data = random_bytes(256 * 1024, 21);
+    let (mut r, mut w) = s.split();
+    let send = async {
+        w.write_all(&data).await.unwrap();
+    };
+    let recv = async {
+        let mut got = vec![0u8; data.len()];
+        tokio::time::timeout(Duration::from_secs(10), r.read_exact(&mut got))
+            .await
+            .expect("echo through the tunnel timed out")
+            .unwrap();
+        got
+    };
+    let ((), got) = tokio::join!(send, recv);
+    assert!(got == data, "bytes differ through the tunnel");
 }
 
 /// Every rejection names the field and changes nothing.
