@@ -62,15 +62,8 @@ bench_init e2e
 # build
 bench_build "$WITH_FALLACY"
 
-# haproxy, the reference proxy
-if ! command -v haproxy >/dev/null 2>&1; then
-  log "installing haproxy"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y haproxy >"$WORK/apt.log" 2>&1 \
-    || { apt-get update >>"$WORK/apt.log" 2>&1 && apt-get install -y haproxy >>"$WORK/apt.log" 2>&1; } \
-    || die "could not install haproxy (see $WORK/apt.log)"
-fi
-HAPROXY=$(command -v haproxy)
+# haproxy, the reference proxy (installed when missing)
+ensure_haproxy
 
 # file descriptors: idle connections pass through client, proxy and server
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -92,16 +85,7 @@ start_upstream idle idle-server
 
 # ---------------------------------------------------------------------------------------------
 # haproxy in mode tcp on free ports, to the same upstreams
-read -r -a HP_PORTS <<<"$(python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
-EOF
-)"
+read -r -a HP_PORTS <<<"$(free_ports 4)"
 HP_MAXCONN=8000
 if [ "$NOFILE" != unlimited ] && [ $(( (NOFILE - 200) / 2 )) -lt "$HP_MAXCONN" ]; then
   HP_MAXCONN=$(( (NOFILE - 200) / 2 ))
@@ -125,25 +109,7 @@ declare -A HP
     i=$((i + 1))
   done
 } >"$WORK/haproxy.cfg"
-"$HAPROXY" -c -q -f "$WORK/haproxy.cfg" >"$WORK/haproxy-check.log" 2>&1 \
-  || die "haproxy config rejected: $(cat "$WORK/haproxy-check.log")"
-"$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
-HP_PID=$!
-PIDS+=("$HP_PID")
-python3 - "${HP[@]}" <<'EOF' || die "haproxy did not start: $(cat "$WORK/haproxy.log")"
-import socket, sys, time
-for addr in sys.argv[1:]:
-    host, port = addr.rsplit(":", 1)
-    for _ in range(100):
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        sys.exit(1)
-EOF
-HAPROXY_VERSION=$("$HAPROXY" -v 2>/dev/null | awk 'NR == 1 {print $3}') || HAPROXY_VERSION="?"
+start_haproxy "$WORK/haproxy.cfg" "${HP[@]}"
 log "haproxy $HAPROXY_VERSION (pid $HP_PID) on ${HP[*]}"
 
 # ---------------------------------------------------------------------------------------------
@@ -152,19 +118,11 @@ declare -A FA
 FA_PID=""
 FALLACY_VERSION="n/a"
 if [ "$WITH_FALLACY" = 1 ]; then
-  "$FALLACY_BIN" serve --admin 127.0.0.1:0 >"$WORK/fallacy.out" 2>"$WORK/fallacy.err" &
-  FA_PID=$!
-  PIDS+=("$FA_PID")
-  wait_line "$WORK/fallacy.out" 'http://' "$FA_PID" \
-    || die "fallacy did not start: $(tail -n 5 "$WORK/fallacy.err")"
-  ADMIN=$(sed -n 's#.*\(http://[^ ]*\).*#\1#p' "$WORK/fallacy.out" | sed -n 1p)
+  # shellcheck disable=SC2119  # no extra arguments
+  start_fallacy
   for role in source echo http idle; do
-    code=$(curl -s -m 10 -o "$WORK/fa-$role.json" -w '%{http_code}' -X POST "$ADMIN/proxies" \
-      -d "{\"name\":\"bench_$role\",\"listen\":\"127.0.0.1:0\",\"upstream\":\"${UP[$role]}\"}") || code=000
-    [ "$code" = 201 ] || die "creating fallacy proxy bench_$role: HTTP $code $(cat "$WORK/fa-$role.json" 2>/dev/null)"
-    FA[$role]=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen"])' "$WORK/fa-$role.json")
+    fallacy_proxy "FA[$role]" "bench_$role" "${UP[$role]}"
   done
-  FALLACY_VERSION=$( (curl -s -m 5 "$ADMIN/version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])') 2>/dev/null || echo "?")
   FALLACY_VERSION="$FALLACY_VERSION ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no commit'))"
   log "fallacy $FALLACY_VERSION (pid $FA_PID), admin $ADMIN, proxies on ${FA[*]}"
 fi

@@ -53,11 +53,7 @@ bench_init fidelity
 bench_build 1
 
 # which fallacy this is: the commit, and whether the source tree differed from it
-FALLACY_COMMIT=$(git -C "$ROOT" log -1 --format=%h 2>/dev/null || echo "no commit")
-if [ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-  FALLACY_COMMIT="$FALLACY_COMMIT + uncommitted changes in src/ or Cargo.*"
-fi
-FALLACY_BUILT=$(date -r "$FALLACY_BIN" '+%Y-%m-%d %H:%M:%S' 2>/dev/null || echo "?")
+fallacy_identity
 
 # ---------------------------------------------------------------------------------------------
 # upstream servers (loadgen), each on a free loopback port it picks itself
@@ -70,13 +66,7 @@ start_upstream stamp stamp-server
 
 # ---------------------------------------------------------------------------------------------
 # fallacy: admin API on a free port; fidelity.py creates the proxies and toxics through it
-"$FALLACY_BIN" serve --admin 127.0.0.1:0 --seed "$SEED" >"$WORK/fallacy.out" 2>"$WORK/fallacy.err" &
-FA_PID=$!
-PIDS+=("$FA_PID")
-wait_line "$WORK/fallacy.out" 'http://' "$FA_PID" \
-  || die "fallacy did not start: $(tail -n 5 "$WORK/fallacy.err")"
-ADMIN=$(sed -n 's#.*\(http://[^ ]*\).*#\1#p' "$WORK/fallacy.out" | sed -n 1p)
-FALLACY_VERSION=$( (curl -s -m 5 "$ADMIN/version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])') 2>/dev/null || echo "?")
+start_fallacy --seed "$SEED"
 log "fallacy $FALLACY_VERSION ($FALLACY_COMMIT, built $FALLACY_BUILT), pid $FA_PID, admin $ADMIN"
 
 # ---------------------------------------------------------------------------------------------

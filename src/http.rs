@@ -34,6 +34,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use rand::Rng;
+use rand::rngs::SmallRng;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -45,13 +47,14 @@ pub use matcher::Matcher;
 use crate::metrics;
 use crate::proxy::{Link, Settings};
 use crate::toxic::Direction;
-use faults::{Answer, ConnFaults, Decision};
+use faults::{Answer, ConnFaults, Decision, Shaping};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type ResBody = UnsyncBoxBody<Bytes, BoxError>;
+/// Every body fallacy sends, either way: boxed, since faults wrap it in layers.
+pub type ResBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The pooled client a proxy's connections share.
-pub type UpstreamClient = Client<HttpConnector, Counted<Incoming>>;
+pub type UpstreamClient = Client<HttpConnector, ResBody>;
 
 /// How long a client may take to send a request's headers unless configured
 /// (`[server] header_read_timeout`): a slow-loris client is cut off.
@@ -100,10 +103,16 @@ pub async fn handle(
     let active = Arc::new(metrics::ConnectionGuard::open(link.metrics()));
     let _ = client.set_nodelay(true);
     let header_read_timeout = link.settings().header_read_timeout;
+    let mut faults = ConnFaults::new(link.rng_for(id, REQUEST_STREAM));
+    let downgrade = faults.downgrades(&link.toxics());
+    if let Some(name) = &downgrade {
+        metrics::toxic_applied(link.name(), name);
+        debug!(toxic = %name, "downgrade: HTTP/1.1 only on this connection");
+    }
     let conn = Arc::new(Conn {
         active,
         stop: stop.clone(),
-        faults: Mutex::new(ConnFaults::new(link.rng_for(id, REQUEST_STREAM))),
+        faults: Mutex::new(faults),
         sock: client.as_fd().try_clone_to_owned().ok(),
         link,
         upstream,
@@ -113,22 +122,38 @@ pub async fn handle(
         let conn = conn.clone();
         async move { conn.serve(req).await }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let serving = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
-    tokio::select! {
-        served = serving => {
-            if let Err(err) = served {
-                debug!(%err, "http connection ended with an error");
-            }
+    let io = TokioIo::new(client);
+    // Either way the connection closes when `stop` fires (disabled, deleted, or the drain is
+    // over), as TCP proxies' do.
+    let served = if downgrade.is_some() {
+        // HTTP/1 only: an h2c preface is answered as a bad HTTP/1 request, so the client
+        // learns that HTTP/2 is not spoken here, as with a server or middlebox without it.
+        // (hyper-util's auto builder ignores its own http1_only once upgrades are on.)
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .keep_alive(true);
+        let serving = h1.serve_connection(io, service).with_upgrades();
+        tokio::select! {
+            served = serving => served.err().map(|e| e.to_string()),
+            _ = stop.cancelled() => None,
         }
-        // Disabled, deleted, or the drain is over: close now, as TCP proxies do.
-        _ = stop.cancelled() => {}
+    } else {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let serving = builder.serve_connection_with_upgrades(io, service);
+        tokio::select! {
+            served = serving => served.err().map(|e| e.to_string()),
+            _ = stop.cancelled() => None,
+        }
+    };
+    if let Some(err) = served {
+        debug!(%err, "http connection ended with an error");
     }
 }
 
@@ -140,11 +165,13 @@ impl Conn {
         let (parts, body) = req.into_parts();
         let version = parts.version;
         let toxics = link.toxics();
-        let d: Decision = self
-            .faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .decide(&toxics, &parts, self.peer.ip(), Instant::now());
+        let (d, up_rng, down_rng) = {
+            let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+            let d: Decision = faults.decide(&toxics, &parts, self.peer.ip(), Instant::now());
+            let up = d.request.flip.map(|_| faults.body_rng());
+            let down = d.response.flip.map(|_| faults.body_rng());
+            (d, up, down)
+        };
         for name in &d.names {
             metrics::toxic_applied(link.name(), name);
         }
@@ -166,8 +193,13 @@ impl Conn {
                 }
                 r
             }
-            None => self.forward(parts, body).await,
+            None => self.forward(parts, body, &d.request, up_rng).await,
         };
+        d.response.edit(response.headers_mut());
+        if !d.response.body_untouched() {
+            let shaping = d.response.clone();
+            response = response.map(|b| Shaped::new(b, shaping, down_rng).boxed_unsync());
+        }
         // A proxy answers in its own HTTP version (RFC 9110 section 6.2), not the upstream's:
         // an HTTP/1.0 upstream must not turn a keep-alive client's connection into 1.0.
         *response.version_mut() = version;
@@ -194,7 +226,13 @@ impl Conn {
     }
 
     /// Sends the request to the current upstream and hands its response back.
-    async fn forward(&self, mut parts: http::request::Parts, body: Incoming) -> Response<ResBody> {
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        shaping: &Shaping,
+        rng: Option<SmallRng>,
+    ) -> Response<ResBody> {
         let upstream = self.link.upstream();
         let upgrade =
             parts.headers.contains_key(header::UPGRADE) && parts.version == Version::HTTP_11;
@@ -242,12 +280,18 @@ impl Conn {
             parts.headers.extend(up.map(|v| (header::UPGRADE, v)));
             parts.headers.extend(conn.map(|v| (header::CONNECTION, v)));
         }
+        shaping.edit(&mut parts.headers);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        let body = Counted {
+        let mut body = Counted {
             inner: body,
             bytes: self.link.metrics().bytes(Direction::Upstream),
-        };
+        }
+        .map_err(box_error)
+        .boxed_unsync();
+        if !shaping.body_untouched() {
+            body = Shaped::new(body, shaping.clone(), rng).boxed_unsync();
+        }
         match self
             .upstream
             .request(Request::from_parts(parts, body))
@@ -400,6 +444,139 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A body under `http_truncate`, `http_slow_body` and `tamper`'s bit flips: cut after a number
+/// of bytes (then failed, so the exchange is aborted rather than ended cleanly), paced at a
+/// rate in pieces of about 10 ms, with a fraction of its bytes flipped.
+struct Shaped {
+    inner: ResBody,
+    plan: Shaping,
+    rng: Option<SmallRng>,
+    /// Bytes taken from `inner`, and bytes passed on.
+    received: u64,
+    sent: u64,
+    /// Data taken but not yet passed on (pacing).
+    pending: Option<Bytes>,
+    /// `inner` will not be read again: the body was cut.
+    cut: bool,
+    /// The abort waits a moment after the last bytes, so that hyper flushes them first
+    /// (it flushes while the body is pending; an error at once would discard its buffer).
+    abort_armed: bool,
+    start: Option<Instant>,
+    wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Shaped {
+    fn new(inner: ResBody, plan: Shaping, rng: Option<SmallRng>) -> Shaped {
+        Shaped {
+            inner,
+            plan,
+            rng,
+            received: 0,
+            sent: 0,
+            pending: None,
+            cut: false,
+            abort_armed: false,
+            start: None,
+            wait: None,
+        }
+    }
+
+    /// Truncation and bit flips, applied to data as it comes from `inner`.
+    fn arrive(&mut self, mut data: Bytes) -> Bytes {
+        if let Some(limit) = self.plan.truncate {
+            let left = limit.saturating_sub(self.received);
+            if data.len() as u64 >= left {
+                data.truncate(left as usize);
+                self.cut = true;
+            }
+        }
+        self.received += data.len() as u64;
+        if let (Some(p), Some(rng)) = (self.plan.flip, self.rng.as_mut()) {
+            let mut bytes = data.to_vec();
+            for b in &mut bytes {
+                if rng.random::<f64>() < p {
+                    *b ^= 1 << rng.random_range(0..8);
+                }
+            }
+            data = Bytes::from(bytes);
+        }
+        data
+    }
+}
+
+impl Body for Shaped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(wait) = this.wait.as_mut() {
+                ready!(wait.as_mut().poll(cx));
+                this.wait = None;
+            }
+            let mut data = match this.pending.take() {
+                Some(data) => data,
+                None if this.cut && !this.abort_armed => {
+                    this.abort_armed = true;
+                    let soon = Instant::now() + Duration::from_millis(20);
+                    this.wait = Some(Box::pin(crate::timer::sleep_until(soon)));
+                    continue;
+                }
+                None if this.cut => {
+                    return Poll::Ready(Some(Err(
+                        "body truncated by an http_truncate fault".into()
+                    )));
+                }
+                None => match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                    None => return Poll::Ready(None),
+                    Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => this.arrive(data),
+                        // Trailers pass as they are.
+                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    },
+                },
+            };
+            if let Some(rate) = this.plan.rate {
+                let now = Instant::now();
+                let start = *this.start.get_or_insert(now);
+                let due = start + Duration::from_secs_f64(this.sent as f64 / rate);
+                if due > now {
+                    this.pending = Some(data);
+                    this.wait = Some(Box::pin(crate::timer::sleep_until(due)));
+                    continue;
+                }
+                // About 10 ms of data at a time, so the pace is smooth.
+                let piece = ((rate / 100.0) as usize).max(1);
+                if data.len() > piece {
+                    this.pending = Some(data.split_off(piece));
+                }
+            }
+            this.sent += data.len() as u64;
+            if data.is_empty() {
+                continue;
+            }
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none() && !self.cut && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.plan.truncate.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
 

@@ -173,6 +173,10 @@ impl ToxicSpec {
                         "on an HTTP proxy latency waits once per request; leave per out or use \"request\"",
                     ))
                 }
+                ToxicKind::Downgrade(_) if self.matcher.is_some() => Err(AttrError::new(
+                    "match",
+                    "downgrade acts on whole connections, before any request: it cannot match one",
+                )),
                 ToxicKind::Latency(_) | ToxicKind::Noop(_) => Ok(()),
                 _ if self.kind.is_http() => Ok(()),
                 _ => Err(AttrError::new(

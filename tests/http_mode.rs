@@ -592,6 +592,51 @@ async fn bad_http_input_is_refused_and_changes_nothing() {
             json!({"type": "maintenance", "attributes": {"retry_after": -1}}),
             "attributes.retry_after",
         ),
+        (
+            "web",
+            json!({"type": "http_truncate", "attributes": {"bytes": -1}}),
+            "attributes.bytes",
+        ),
+        (
+            "web",
+            json!({"type": "http_slow_body", "attributes": {"rate": 0}}),
+            "attributes.rate",
+        ),
+        (
+            "web",
+            json!({"type": "tamper", "attributes": {"set_headers": {"bad name": "x"}}}),
+            "attributes.set_headers.bad name",
+        ),
+        (
+            "web",
+            json!({"type": "tamper", "attributes": {"set_headers": {"x": "a\nb"}}}),
+            "not a valid header value",
+        ),
+        (
+            "web",
+            json!({"type": "tamper", "attributes": {"remove_headers": ["ok", "no pe"]}}),
+            "attributes.remove_headers[1]",
+        ),
+        (
+            "web",
+            json!({"type": "tamper", "attributes": {"flip": 2}}),
+            "attributes.flip",
+        ),
+        (
+            "web",
+            json!({"type": "http_delay", "attributes": {"deadline": "maybe"}}),
+            "attributes.deadline",
+        ),
+        (
+            "web",
+            json!({"type": "http_delay", "attributes": {"deadline_header": "a b"}}),
+            "attributes.deadline_header",
+        ),
+        (
+            "tcp",
+            json!({"type": "tamper"}),
+            "type: tamper acts on HTTP requests",
+        ),
     ] {
         let (status, body) = f
             .call(
@@ -711,5 +756,177 @@ async fn a_slow_loris_client_is_cut_off() {
         start.elapsed() >= Duration::from_millis(250),
         "{:?}",
         start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn http_truncate_cuts_the_body_and_aborts() {
+    let (f, _addr, base) = setup().await;
+    add(&f, json!({"name": "cut", "type": "http_truncate", "attributes": {"bytes": 1000}, "match": {"path": "/big"}})).await;
+    let c = client();
+    let r = c.get(format!("{base}/big")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-fallacy-fault"], "cut");
+    // The client gets the first 1000 bytes, then an error: never a clean, short body.
+    let mut r = r;
+    let mut got = Vec::new();
+    let err = loop {
+        match r.chunk().await {
+            Ok(Some(c)) => got.extend_from_slice(&c),
+            Ok(None) => panic!("the body ended cleanly after {} bytes", got.len()),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(got, random_bytes(BIG, 5)[..1000], "{err}");
+    // Unmatched requests are untouched.
+    assert_eq!(
+        c.get(&base).send().await.unwrap().text().await.unwrap(),
+        "hello"
+    );
+}
+
+#[tokio::test]
+async fn http_slow_body_paces_the_response() {
+    let (f, _addr, base) = setup().await;
+    add(
+        &f,
+        json!({"type": "http_slow_body", "attributes": {"rate": 100}}),
+    )
+    .await;
+    let body = random_bytes(50_000, 4);
+    let t0 = Instant::now();
+    let r = client()
+        .post(format!("{base}/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &body[..]);
+    // 50 KB at 100 KB/s: half a second.
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(480), "{took:?}");
+    assert!(took < Duration::from_millis(1200), "{took:?}");
+}
+
+#[tokio::test]
+async fn tamper_edits_headers_and_flips_bits() {
+    let (f, _addr, base) = setup().await;
+    add(
+        &f,
+        json!({"name": "t-res", "type": "tamper", "attributes": {
+        "set_headers": {"x-tampered": "yes"},
+        "remove_headers": ["content-type"]}}),
+    )
+    .await;
+    add(
+        &f,
+        json!({"name": "t-req", "type": "tamper", "stream": "upstream",
+                   "attributes": {"flip": 0.5}, "match": {"path": "/echo"}}),
+    )
+    .await;
+    let c = client();
+    let r = c.get(&base).send().await.unwrap();
+    assert_eq!(r.headers()["x-tampered"], "yes");
+    assert!(r.headers().get("content-type").is_none());
+    assert_eq!(r.headers()["x-fallacy-fault"], "t-res");
+    // Half the request's bytes reach the upstream with one bit flipped.
+    let body = vec![0u8; 20_000];
+    let r = c
+        .post(format!("{base}/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-fallacy-fault"], "t-res, t-req");
+    let got = r.bytes().await.unwrap();
+    assert_eq!(got.len(), body.len());
+    let flipped = got.iter().filter(|&&b| b != 0).count();
+    assert!(
+        (9_000..=11_000).contains(&flipped),
+        "{flipped} of 20000 flipped"
+    );
+    assert!(
+        got.iter().all(|b| b.count_ones() <= 1),
+        "more than one bit flipped in a byte"
+    );
+}
+
+#[tokio::test]
+async fn downgrade_refuses_http2_but_serves_http1() {
+    let (f, _addr, base) = setup().await;
+    add(&f, json!({"name": "h1", "type": "downgrade"})).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    assert!(
+        h2.get(&base).send().await.is_err(),
+        "h2c prior knowledge must fail"
+    );
+    let r = client().get(&base).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.text().await.unwrap(), "hello");
+    let (status, body) = f
+        .call(
+            "POST",
+            "/proxies/web/toxics",
+            Some(r#"{"type":"downgrade","name":"m","match":{"path":"/"}}"#),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}
+
+/// With a deadline in the request, http_delay can make the client's timeout fire for sure, or
+/// answer just in time.
+#[tokio::test]
+async fn http_delay_targets_the_requests_deadline() {
+    let (f, _addr, base) = setup().await;
+    add(
+        &f,
+        json!({"name": "late", "type": "http_delay",
+                   "attributes": {"latency": 1, "deadline": "exceed", "margin": "20ms"},
+                   "match": {"header": {"name": "x-want", "equals": "late"}}}),
+    )
+    .await;
+    add(&f, json!({"name": "just", "type": "http_delay",
+                   "attributes": {"deadline": "meet", "margin": "60ms", "deadline_header": "x-timeout-ms"},
+                   "match": {"header": {"name": "x-want", "equals": "just"}}})).await;
+    let c = client();
+    let t0 = Instant::now();
+    let r = c
+        .get(&base)
+        .header("x-want", "late")
+        .header("grpc-timeout", "150m")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(170),
+        "{:?}",
+        t0.elapsed()
+    );
+    let t0 = Instant::now();
+    let r = c
+        .get(&base)
+        .header("x-want", "just")
+        .header("x-timeout-ms", "200")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(140) && took < Duration::from_millis(200),
+        "{took:?}"
+    );
+    // Without a deadline the drawn delay applies (1 ms here).
+    let t0 = Instant::now();
+    c.get(&base).header("x-want", "late").send().await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        t0.elapsed()
     );
 }

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
 use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
@@ -43,9 +43,52 @@ pub struct Decision {
     pub before_headers: Duration,
     /// Before the first byte of the response body.
     pub before_body: Duration,
+    /// What happens to the request on its way up (`upstream` stream).
+    pub request: Shaping,
+    /// What happens to the response on its way down (`downstream` stream).
+    pub response: Shaping,
+}
+
+/// Header edits and body shaping for one direction of one exchange.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Shaping {
+    /// Headers set, replacing any of the same name.
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers removed.
+    pub remove_headers: Vec<HeaderName>,
+    /// The body stops after this many bytes, and the exchange is aborted.
+    pub truncate: Option<u64>,
+    /// The body is paced at this many bytes per second.
+    pub rate: Option<f64>,
+    /// The fraction of body bytes that get a bit flipped.
+    pub flip: Option<f64>,
+}
+
+impl Shaping {
+    /// Whether the body passes untouched.
+    pub fn body_untouched(&self) -> bool {
+        self.truncate.is_none() && self.rate.is_none() && self.flip.is_none()
+    }
+
+    /// Applies the header edits.
+    pub fn edit(&self, headers: &mut HeaderMap) {
+        for name in &self.remove_headers {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
 }
 
 impl Decision {
+    fn shaping(&mut self, direction: Direction) -> &mut Shaping {
+        match direction {
+            Direction::Upstream => &mut self.request,
+            Direction::Downstream => &mut self.response,
+        }
+    }
+
     fn acted(&mut self, spec: &ToxicSpec) {
         if !self.names.contains(&spec.name) {
             self.names.push(spec.name.clone());
@@ -61,6 +104,22 @@ pub struct ConnFaults {
 }
 
 impl ConnFaults {
+    /// A generator for one body's bit flips, drawn from the connection's (so seeded runs
+    /// flip the same bits).
+    pub fn body_rng(&mut self) -> SmallRng {
+        use rand::{Rng, SeedableRng};
+        SmallRng::seed_from_u64(self.cx.rng.random())
+    }
+
+    /// Whether a `downgrade` toxic applies to this connection (drawn once, at its start).
+    pub fn downgrades(&mut self, toxics: &[Arc<ToxicSpec>]) -> Option<String> {
+        toxics
+            .iter()
+            .filter(|t| matches!(t.kind, ToxicKind::Downgrade(_)))
+            .find(|t| t.applies(&mut self.cx))
+            .map(|t| t.name.clone())
+    }
+
     /// State for one client connection.
     pub fn new(rng: SmallRng) -> ConnFaults {
         ConnFaults {
@@ -119,11 +178,47 @@ impl ConnFaults {
                     d.acted(spec);
                 }
                 ToxicKind::HttpDelay(a) => {
-                    let wait = self.delay(spec);
+                    let wait = match a.deadline_delay(&req.headers) {
+                        Some(wait) => wait,
+                        None => self.delay(spec),
+                    };
                     match a.phase() {
                         Phase::Request => d.before_request += wait,
                         Phase::Headers => d.before_headers += wait,
                         Phase::Body => d.before_body += wait,
+                    }
+                    d.acted(spec);
+                }
+                ToxicKind::HttpTruncate(a) => {
+                    let s = d.shaping(spec.direction);
+                    let bytes = a.bytes.max(0) as u64;
+                    s.truncate = Some(s.truncate.map_or(bytes, |t| t.min(bytes)));
+                    d.acted(spec);
+                }
+                ToxicKind::HttpSlowBody(a) => {
+                    let s = d.shaping(spec.direction);
+                    let rate = a.rate as f64 * 1000.0;
+                    s.rate = Some(s.rate.map_or(rate, |r| r.min(rate)));
+                    d.acted(spec);
+                }
+                ToxicKind::Tamper(a) => {
+                    let s = d.shaping(spec.direction);
+                    // Names and values were checked when the toxic was decoded.
+                    for (name, value) in a.set_headers.iter().flatten() {
+                        if let (Ok(n), Ok(v)) = (
+                            HeaderName::from_bytes(name.as_bytes()),
+                            HeaderValue::from_str(value),
+                        ) {
+                            s.set_headers.push((n, v));
+                        }
+                    }
+                    for name in a.remove_headers.iter().flatten() {
+                        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                            s.remove_headers.push(n);
+                        }
+                    }
+                    if let Some(f) = a.flip.filter(|f| *f > 0.0) {
+                        s.flip = Some(s.flip.map_or(f, |g| g.max(f)));
                     }
                     d.acted(spec);
                 }

@@ -115,6 +115,17 @@ pub struct HttpDelayAttrs {
     /// `request`, `headers` (default) or `body`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// When the request carries a deadline: `"exceed"` waits the deadline plus `margin` (the
+    /// client's timeout fires), `"meet"` the deadline minus `margin` (it just makes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// The distance from the deadline. Default: 5 ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub margin: Option<Millis>,
+    /// Where the deadline is read: `grpc-timeout` (default; gRPC's format, such as `250m`), or
+    /// any other header holding milliseconds or a duration (`x-timeout-ms: 300`, `"1.5s"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_header: Option<String>,
     /// `phase`, parsed when the attributes are decoded.
     #[serde(skip)]
     pub(crate) parsed_phase: Phase,
@@ -130,6 +141,26 @@ impl HttpDelayAttrs {
                     format!(
                         "http_delay waits once per request; leave per out or use \"request\", got {other:?}"
                     ),
+                ));
+            }
+        }
+        match self.deadline.as_deref() {
+            None | Some("exceed" | "meet") => {}
+            Some(other) => {
+                return Err(AttrError::attribute(
+                    "deadline",
+                    format!("must be \"exceed\" or \"meet\", got {other:?}"),
+                ));
+            }
+        }
+        if self.margin.is_some_and(|m| m.0 < 0) {
+            return Err(AttrError::attribute("margin", "must not be negative"));
+        }
+        if let Some(h) = &self.deadline_header {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(AttrError::attribute(
+                    "deadline_header",
+                    format!("{h:?} is not a valid header name"),
                 ));
             }
         }
@@ -150,6 +181,137 @@ impl HttpDelayAttrs {
     /// Where the delay goes.
     pub fn phase(&self) -> Phase {
         self.parsed_phase
+    }
+
+    /// The delay that targets the request's deadline, when `deadline` is set and the request
+    /// carries one it can read.
+    pub fn deadline_delay(&self, headers: &http::HeaderMap) -> Option<Duration> {
+        let aim = self.deadline.as_deref()?;
+        let name = self.deadline_header.as_deref().unwrap_or("grpc-timeout");
+        let value = headers.get(name)?.to_str().ok()?.trim();
+        let deadline = if name.eq_ignore_ascii_case("grpc-timeout") {
+            grpc_timeout(value)?
+        } else {
+            match value.parse::<u64>() {
+                Ok(ms) => Duration::from_millis(ms),
+                Err(_) => crate::units::parse_duration(value).ok()?,
+            }
+        };
+        let margin = self
+            .margin
+            .map_or(Duration::from_millis(5), Millis::duration);
+        Some(match aim {
+            "exceed" => deadline + margin,
+            _ => deadline.saturating_sub(margin),
+        })
+    }
+}
+
+/// gRPC's `grpc-timeout`: up to 8 digits and a unit, H M S m u n.
+fn grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// `http_truncate`: the body stops after `bytes` bytes and the exchange is aborted, so the
+/// receiver sees a body shorter than announced (or a chunked body without its end).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpTruncateAttrs {
+    /// Body bytes let through.
+    pub bytes: i64,
+}
+
+impl HttpTruncateAttrs {
+    pub(super) fn check(&self) -> Result<(), AttrError> {
+        if self.bytes < 0 {
+            return Err(AttrError::attribute(
+                "bytes",
+                format!("must not be negative, got {}", self.bytes),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `http_slow_body`: the body paced at `rate` KB/s (1 KB = 1000 B, as `bandwidth`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpSlowBodyAttrs {
+    /// KB/s, above 0.
+    pub rate: i64,
+}
+
+impl HttpSlowBodyAttrs {
+    pub(super) fn check(&self) -> Result<(), AttrError> {
+        if self.rate <= 0 {
+            return Err(AttrError::attribute(
+                "rate",
+                format!("must be a rate in KB/s above 0, got {}", self.rate),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `tamper`: rewrites what passes: headers set or removed, body bytes flipped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TamperAttrs {
+    /// Headers set (replacing any of the same name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_headers: Option<std::collections::BTreeMap<String, String>>,
+    /// Headers removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remove_headers: Option<Vec<String>>,
+    /// The fraction (0..1) of body bytes that get one random bit flipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flip: Option<f64>,
+}
+
+impl TamperAttrs {
+    pub(super) fn check(&self) -> Result<(), AttrError> {
+        for (name, value) in self.set_headers.iter().flatten() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(AttrError::attribute(
+                    &format!("set_headers.{name}"),
+                    "is not a valid header name",
+                ));
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(AttrError::attribute(
+                    &format!("set_headers.{name}"),
+                    format!("{value:?} is not a valid header value"),
+                ));
+            }
+        }
+        for (i, name) in self.remove_headers.iter().flatten().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(AttrError::attribute(
+                    &format!("remove_headers[{i}]"),
+                    format!("{name:?} is not a valid header name"),
+                ));
+            }
+        }
+        match self.flip {
+            Some(f) if !(0.0..=1.0).contains(&f) => Err(AttrError::attribute(
+                "flip",
+                format!("must be a fraction within 0..1, got {f}"),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -313,6 +475,33 @@ mod tests {
         assert!(l.acquire(a, t0).is_ok());
         assert!(l.acquire(a, t0).is_err());
         assert!(l.acquire(b, t0).is_ok());
+    }
+
+    #[test]
+    fn deadlines_are_read_from_grpc_timeout_or_a_named_header() {
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        for bad in ["", "m", "12", "1x", "123456789m", "-1m", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+        let mut a = HttpDelayAttrs {
+            deadline: Some("exceed".into()),
+            ..Default::default()
+        };
+        a.check().unwrap();
+        let mut h = http::HeaderMap::new();
+        assert_eq!(a.deadline_delay(&h), None, "no header: no deadline");
+        h.insert("grpc-timeout", "100m".parse().unwrap());
+        assert_eq!(a.deadline_delay(&h), Some(Duration::from_millis(105)));
+        a.deadline = Some("meet".into());
+        a.margin = Some(Millis(20_000_000));
+        assert_eq!(a.deadline_delay(&h), Some(Duration::from_millis(80)));
+        a.deadline_header = Some("x-timeout".into());
+        h.insert("x-timeout", "1.5s".parse().unwrap());
+        assert_eq!(a.deadline_delay(&h), Some(Duration::from_millis(1480)));
+        h.insert("x-timeout", "300".parse().unwrap());
+        assert_eq!(a.deadline_delay(&h), Some(Duration::from_millis(280)));
     }
 
     #[test]

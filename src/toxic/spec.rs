@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::http_faults::{HttpAbortAttrs, HttpDelayAttrs, MaintenanceAttrs, RateLimitAttrs};
+use super::http_faults::{
+    HttpAbortAttrs, HttpDelayAttrs, HttpSlowBodyAttrs, HttpTruncateAttrs, MaintenanceAttrs,
+    RateLimitAttrs, TamperAttrs,
+};
 use super::latency::LatencyModel;
 use super::profile::{ProfileAttrs, ProfileToxic};
 use super::{
@@ -42,6 +45,10 @@ pub const TOXIC_TYPES: &[&str] = &[
     "http_delay",
     "maintenance",
     "rate_limit",
+    "http_truncate",
+    "http_slow_body",
+    "tamper",
+    "downgrade",
 ];
 
 /// Which way the bytes flow. Toxiproxy calls it the stream.
@@ -358,6 +365,14 @@ pub enum ToxicKind {
     Maintenance(MaintenanceAttrs),
     /// HTTP: 429 with `Retry-After` over a token bucket's rate.
     RateLimit(RateLimitAttrs),
+    /// HTTP: the body stops after `bytes` and the exchange is aborted.
+    HttpTruncate(HttpTruncateAttrs),
+    /// HTTP: the body paced at `rate` KB/s.
+    HttpSlowBody(HttpSlowBodyAttrs),
+    /// HTTP: headers set or removed, body bits flipped.
+    Tamper(TamperAttrs),
+    /// HTTP: HTTP/2 refused on the connections it applies to.
+    Downgrade(NoopAttrs),
 }
 
 /// `latency` attributes: Toxiproxy's two, then fallacy's extensions, shown only when set.
@@ -496,6 +511,10 @@ impl ToxicKind {
             ToxicKind::HttpDelay(_) => "http_delay",
             ToxicKind::Maintenance(_) => "maintenance",
             ToxicKind::RateLimit(_) => "rate_limit",
+            ToxicKind::HttpTruncate(_) => "http_truncate",
+            ToxicKind::HttpSlowBody(_) => "http_slow_body",
+            ToxicKind::Tamper(_) => "tamper",
+            ToxicKind::Downgrade(_) => "downgrade",
         }
     }
 
@@ -507,6 +526,10 @@ impl ToxicKind {
                 | ToxicKind::HttpDelay(_)
                 | ToxicKind::Maintenance(_)
                 | ToxicKind::RateLimit(_)
+                | ToxicKind::HttpTruncate(_)
+                | ToxicKind::HttpSlowBody(_)
+                | ToxicKind::Tamper(_)
+                | ToxicKind::Downgrade(_)
         )
     }
 
@@ -577,6 +600,22 @@ impl ToxicKind {
                 attrs.check()?;
                 ToxicKind::RateLimit(attrs)
             }
+            "http_truncate" => {
+                let attrs: HttpTruncateAttrs = de(attributes)?;
+                attrs.check()?;
+                ToxicKind::HttpTruncate(attrs)
+            }
+            "http_slow_body" => {
+                let attrs: HttpSlowBodyAttrs = de(attributes)?;
+                attrs.check()?;
+                ToxicKind::HttpSlowBody(attrs)
+            }
+            "tamper" => {
+                let attrs: TamperAttrs = de(attributes)?;
+                attrs.check()?;
+                ToxicKind::Tamper(attrs)
+            }
+            "downgrade" => ToxicKind::Downgrade(NoopAttrs {}),
             other => {
                 return Err(AttrError::new(
                     "type",
@@ -601,6 +640,10 @@ impl ToxicKind {
             ToxicKind::HttpDelay(a) => serde_json::to_value(a),
             ToxicKind::Maintenance(a) => serde_json::to_value(a),
             ToxicKind::RateLimit(a) => serde_json::to_value(a),
+            ToxicKind::HttpTruncate(a) => serde_json::to_value(a),
+            ToxicKind::HttpSlowBody(a) => serde_json::to_value(a),
+            ToxicKind::Tamper(a) => serde_json::to_value(a),
+            ToxicKind::Downgrade(a) => serde_json::to_value(a),
         };
         match value {
             Ok(Value::Object(map)) => map,
@@ -632,7 +675,11 @@ impl ToxicKind {
             | ToxicKind::HttpAbort(_)
             | ToxicKind::HttpDelay(_)
             | ToxicKind::Maintenance(_)
-            | ToxicKind::RateLimit(_) => Box::new(Noop),
+            | ToxicKind::RateLimit(_)
+            | ToxicKind::HttpTruncate(_)
+            | ToxicKind::HttpSlowBody(_)
+            | ToxicKind::Tamper(_)
+            | ToxicKind::Downgrade(_) => Box::new(Noop),
         }
     }
 
