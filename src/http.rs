@@ -53,8 +53,15 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body fallacy sends, either way: boxed, since faults wrap it in layers.
 pub type ResBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// The pooled client a proxy's connections share.
-pub type UpstreamClient = Client<HttpConnector, ResBody>;
+type PooledClient = Client<HttpConnector, ResBody>;
+
+/// The pooled clients a proxy's connections share: HTTP/1.1, and h2c (prior knowledge) for
+/// requests that came in over HTTP/2, so that an h2-only upstream (gRPC) keeps working.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    http1: PooledClient,
+    h2c: PooledClient,
+}
 
 /// How long a client may take to send a request's headers unless configured
 /// (`[server] header_read_timeout`): a slow-loris client is cut off.
@@ -66,15 +73,23 @@ pub const FAULT_HEADER: &str = "x-fallacy-fault";
 /// The seeding stream of a connection's request draws (0 and 1 are TCP directions, 2 the dial).
 const REQUEST_STREAM: u64 = 3;
 
-/// A client for one proxy's upstream: TCP_NODELAY, the server's connect timeout, pooled.
+/// The clients for one proxy's upstream: TCP_NODELAY, the server's connect timeout, pooled.
 pub fn client(settings: &Settings) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(settings.connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+    let build = |h2: bool| {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .http2_only(h2)
+            .timer(TokioTimer::new())
+            .build(connector)
+    };
+    UpstreamClient {
+        http1: build(false),
+        h2c: build(true),
+    }
 }
 
 /// What every request of a connection needs.
@@ -274,6 +289,10 @@ impl Conn {
                 parts.headers.get(header::CONNECTION).cloned(),
             )
         });
+        let te_trailers = parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         strip_hop_by_hop(&mut parts.headers);
         if let Some((up, conn)) = kept {
             // An upgrade names itself in hop-by-hop headers, which must reach the upstream.
@@ -282,7 +301,24 @@ impl Conn {
         }
         shaping.edit(&mut parts.headers);
         parts.uri = uri;
-        parts.version = Version::HTTP_11;
+        // Each protocol goes on as it came: HTTP/2 requests over h2c (gRPC needs it, trailers
+        // and `te: trailers` included), everything else over HTTP/1.1.
+        let h2 = parts.version == Version::HTTP_2;
+        if h2 && te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        parts.version = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let client = if h2 {
+            &self.upstream.h2c
+        } else {
+            &self.upstream.http1
+        };
         let mut body = Counted {
             inner: body,
             bytes: self.link.metrics().bytes(Direction::Upstream),
@@ -292,11 +328,7 @@ impl Conn {
         if !shaping.body_untouched() {
             body = Shaped::new(body, shaping.clone(), rng).boxed_unsync();
         }
-        match self
-            .upstream
-            .request(Request::from_parts(parts, body))
-            .await
-        {
+        match client.request(Request::from_parts(parts, body)).await {
             Ok(mut response) => {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_upgrade {

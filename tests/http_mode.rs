@@ -930,3 +930,75 @@ async fn http_delay_targets_the_requests_deadline() {
         t0.elapsed()
     );
 }
+
+/// HTTP/2 requests go on over h2c, so an h2-only upstream (gRPC) works through the proxy,
+/// trailers included; HTTP/1.1 requests stay HTTP/1.1.
+#[tokio::test]
+async fn http2_requests_reach_an_h2c_only_upstream_with_trailers() {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let f = Fallacy::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok(Ok((s, _))) =
+                tokio::time::timeout(support::SERVER_LIFETIME, listener.accept()).await
+            else {
+                return;
+            };
+            let service = hyper::service::service_fn(
+                |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let te = req
+                        .headers()
+                        .get("te")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                        Ok(Frame::data(bytes::Bytes::from(format!(
+                            "{:?} te={te:?}",
+                            req.version()
+                        )))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(StreamBody::new(
+                        futures_util::stream::iter(frames),
+                    )))
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), service),
+            );
+        }
+    });
+    let body = json!({"name": "grpc", "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"});
+    let (_, proxy) = f.call("POST", "/proxies", Some(&body.to_string())).await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = hyper::Request::get(format!(
+        "http://{}/svc/Method",
+        proxy["listen"].as_str().unwrap()
+    ))
+    .header("te", "trailers")
+    .body(http_body_util::Empty::new())
+    .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers are passed on");
+    assert_eq!(trailers["grpc-status"], "0");
+    let text = String::from_utf8(collected.to_bytes().to_vec()).unwrap();
+    assert_eq!(text, r#"HTTP/2.0 te=Some("trailers")"#);
+}
