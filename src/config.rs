@@ -197,6 +197,8 @@ struct RawProxy {
     #[serde(default)]
     fault_header: Option<bool>,
     #[serde(default)]
+    rewrite_host: Option<Spanned<String>>,
+    #[serde(default)]
     toxic: Vec<Spanned<RawToxic>>,
 }
 
@@ -360,6 +362,15 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 Protocol::Tcp
             }),
         };
+        let rewrite_host = p.rewrite_host.and_then(|h| {
+            match crate::proxy::check_rewrite_host(protocol, Some(h.get_ref())) {
+                Ok(host) => host,
+                Err(message) => {
+                    c.at(h.span().start, format!("{field}.rewrite_host"), message);
+                    None
+                }
+            }
+        });
         let mut toxics: Vec<ToxicSpec> = Vec::new();
         for (j, raw_toxic) in p.toxic.into_iter().enumerate() {
             let span = raw_toxic.span().start;
@@ -402,6 +413,7 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 enabled: p.enabled.unwrap_or(true),
                 protocol,
                 fault_header: p.fault_header.unwrap_or(true),
+                rewrite_host,
             },
             toxics,
         });
@@ -596,6 +608,18 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 Protocol::Tcp
             }
         };
+        let rewrite_host = match map.get("rewrite_host") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(h)) => crate::proxy::check_rewrite_host(protocol, Some(h))
+                .unwrap_or_else(|message| {
+                    c.at(at, format!("[{i}].rewrite_host"), message);
+                    None
+                }),
+            Some(_) => {
+                c.at(at, format!("[{i}].rewrite_host"), "must be a string");
+                None
+            }
+        };
         let mut toxics: Vec<ToxicSpec> = Vec::new();
         match map.get("toxics") {
             None | Some(Value::Null) => {}
@@ -634,6 +658,7 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                     enabled,
                     protocol,
                     fault_header,
+                    rewrite_host,
                 },
                 toxics,
             });

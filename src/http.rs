@@ -275,8 +275,13 @@ impl Conn {
                 );
             }
         };
-        // An HTTP/2 request names its host in :authority only; HTTP/1.1 needs Host.
-        if !parts.headers.contains_key(header::HOST) {
+        if let Some(host) = self.link.rewrite_host() {
+            // Checked to be a valid authority when set.
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                parts.headers.insert(header::HOST, v);
+            }
+        } else if !parts.headers.contains_key(header::HOST) {
+            // An HTTP/2 request names its host in :authority only; HTTP/1.1 needs Host.
             if let Some(authority) = parts.uri.authority() {
                 if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                     parts.headers.insert(header::HOST, v);

@@ -62,6 +62,24 @@ impl Protocol {
     }
 }
 
+/// Checks a `rewrite_host` for a proxy of this protocol: `None` or `""` means none; anything
+/// else must be a valid `Host` value on an HTTP proxy. The error says what is wrong.
+pub fn check_rewrite_host(
+    protocol: Protocol,
+    host: Option<&str>,
+) -> Result<Option<String>, String> {
+    match host.filter(|h| !h.is_empty()) {
+        None => Ok(None),
+        Some(_) if protocol == Protocol::Tcp => {
+            Err("applies to HTTP proxies (\"protocol\": \"http\"); a TCP proxy has no Host".into())
+        }
+        Some(h) if h.parse::<http::uri::Authority>().is_err() => {
+            Err(format!("{h:?} is not a valid host (host or host:port)"))
+        }
+        Some(h) => Ok(Some(h.to_owned())),
+    }
+}
+
 /// Settings every proxy shares.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -90,6 +108,8 @@ pub struct Link {
     protocol: Protocol,
     /// HTTP: whether responses a fault touched carry `x-fallacy-fault`.
     fault_header: AtomicBool,
+    /// HTTP: the `Host` forwarded requests carry instead of the client's.
+    rewrite_host: arc_swap::ArcSwapOption<String>,
     upstream: ArcSwap<String>,
     /// All toxics of the proxy in creation order; each connection filters its direction.
     toxics: ArcSwap<Vec<Arc<ToxicSpec>>>,
@@ -107,6 +127,7 @@ impl Link {
             name: name.to_owned(),
             protocol,
             fault_header: AtomicBool::new(true),
+            rewrite_host: arc_swap::ArcSwapOption::empty(),
             upstream: ArcSwap::from_pointee(upstream.to_owned()),
             toxics: ArcSwap::from_pointee(Vec::new()),
             generation: watch::channel(0).0,
@@ -129,6 +150,17 @@ impl Link {
     /// HTTP: whether faulted responses name the fault in `x-fallacy-fault`.
     pub fn fault_header(&self) -> bool {
         self.fault_header.load(Ordering::Relaxed)
+    }
+
+    /// HTTP: the `Host` forwarded requests carry, when set.
+    pub fn rewrite_host(&self) -> Option<Arc<String>> {
+        self.rewrite_host.load_full()
+    }
+
+    /// Sets (or, with `None`, clears) the `Host` of the next forwarded requests. The caller
+    /// has checked it with [`check_rewrite_host`].
+    pub fn set_rewrite_host(&self, host: Option<String>) {
+        self.rewrite_host.store(host.map(Arc::new));
     }
 
     /// Turns the `x-fallacy-fault` header on or off, for the next responses.

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::proxy::{Link, Protocol, Settings, listener};
+use crate::proxy::{Link, Protocol, Settings, check_rewrite_host, listener};
 use crate::toxic::{AttrError, Direction, Envelope, EnvelopeError, ToxicPatch, ToxicSpec};
 
 /// Why the store refused a change. The admin API maps each to a status code.
@@ -75,6 +75,8 @@ pub struct NewProxy {
     pub protocol: Protocol,
     /// HTTP: name the faults in `x-fallacy-fault` (default on).
     pub fault_header: bool,
+    /// HTTP: the `Host` forwarded requests carry instead of the client's.
+    pub rewrite_host: Option<String>,
 }
 
 /// A partial update of a proxy; `None` keeps the current value.
@@ -90,6 +92,8 @@ pub struct ProxyPatch {
     pub protocol: Option<Protocol>,
     /// HTTP: turn `x-fallacy-fault` on or off.
     pub fault_header: Option<bool>,
+    /// HTTP: a new `Host` for forwarded requests; `""` goes back to the client's.
+    pub rewrite_host: Option<String>,
 }
 
 /// A read-only copy of a proxy, for the API.
@@ -107,6 +111,8 @@ pub struct ProxyView {
     pub protocol: Protocol,
     /// HTTP: whether faulted responses carry `x-fallacy-fault`.
     pub fault_header: bool,
+    /// HTTP: the `Host` forwarded requests carry, when set.
+    pub rewrite_host: Option<String>,
     /// Upstream toxics first, then downstream, each in creation order.
     pub toxics: Vec<Arc<ToxicSpec>>,
 }
@@ -219,6 +225,8 @@ impl Store {
         for spec in &toxics {
             spec.fits(new.protocol)?;
         }
+        let rewrite_host = check_rewrite_host(new.protocol, new.rewrite_host.as_deref())
+            .map_err(|m| AttrError::new("rewrite_host", &m))?;
         // Bind before anything else exists: a proxy that cannot listen leaves no trace, not
         // even an empty metric series under its name.
         let listener = if new.enabled {
@@ -233,6 +241,7 @@ impl Store {
             self.inner.settings.clone(),
         ));
         link.set_fault_header(new.fault_header);
+        link.set_rewrite_host(rewrite_host);
         let toxics: Vec<Arc<ToxicSpec>> = toxics.into_iter().map(Arc::new).collect();
         link.set_toxics(toxics.clone());
         let mut entry = Entry {
@@ -256,6 +265,12 @@ impl Store {
         if let Some(upstream) = &patch.upstream {
             require(upstream, "upstream")?;
         }
+        let rewrite_host = patch
+            .rewrite_host
+            .as_deref()
+            .map(|h| check_rewrite_host(entry.link.protocol(), Some(h)))
+            .transpose()
+            .map_err(|m| AttrError::new("rewrite_host", &m))?;
         if let Some(protocol) = patch.protocol {
             if protocol != entry.link.protocol() {
                 return Err(AttrError::new(
@@ -298,6 +313,9 @@ impl Store {
         }
         if let Some(on) = patch.fault_header {
             entry.link.set_fault_header(on);
+        }
+        if let Some(host) = rewrite_host {
+            entry.link.set_rewrite_host(host);
         }
         Ok(view(name, entry))
     }
@@ -498,6 +516,7 @@ fn view(name: &str, entry: &Entry) -> ProxyView {
         enabled: entry.running.is_some(),
         protocol: entry.link.protocol(),
         fault_header: entry.link.fault_header(),
+        rewrite_host: entry.link.rewrite_host().map(|h| h.to_string()),
         toxics,
     }
 }

@@ -323,6 +323,7 @@ fn the_annotated_example_checks_clean_and_uses_every_key_and_toxic() {
         "proxy.enabled",
         "proxy.protocol",
         "proxy.fault_header",
+        "proxy.rewrite_host",
         "proxy.toxic",
         "proxy.toxic.name",
         "proxy.toxic.type",

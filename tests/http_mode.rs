@@ -1002,3 +1002,74 @@ async fn http2_requests_reach_an_h2c_only_upstream_with_trailers() {
     let text = String::from_utf8(collected.to_bytes().to_vec()).unwrap();
     assert_eq!(text, r#"HTTP/2.0 te=Some("trailers")"#);
 }
+
+#[tokio::test]
+async fn rewrite_host_replaces_the_forwarded_host() {
+    let (f, addr, base) = setup().await;
+    let c = client();
+    let shown = |text: String| {
+        text.lines()
+            .find(|l| l.starts_with("host="))
+            .map(str::to_owned)
+    };
+    let before = shown(
+        c.get(format!("{base}/headers"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(before, Some(format!("host={addr}")));
+    let (status, p) = f
+        .call(
+            "POST",
+            "/proxies/web",
+            Some(r#"{"rewrite_host": "api.internal:8080"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["rewrite_host"], "api.internal:8080");
+    let after = shown(
+        c.get(format!("{base}/headers"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(after.as_deref(), Some("host=api.internal:8080"));
+    // Bad values are refused and change nothing; "" goes back to the client's Host.
+    for bad in [r#"{"rewrite_host": "a b"}"#, r#"{"rewrite_host": "x/y"}"#] {
+        let (status, body) = f.call("POST", "/proxies/web", Some(bad)).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("rewrite_host"),
+            "{body}"
+        );
+    }
+    let (_, p) = f.call("GET", "/proxies/web", None).await;
+    assert_eq!(p["rewrite_host"], "api.internal:8080");
+    let (status, p) = f
+        .call("POST", "/proxies/web", Some(r#"{"rewrite_host": ""}"#))
+        .await;
+    assert_eq!(status, 200);
+    assert!(p.get("rewrite_host").is_none(), "{p}");
+    let (status, body) = f
+        .call(
+            "POST",
+            "/proxies",
+            Some(r#"{"name":"t","upstream":"127.0.0.1:1","rewrite_host":"x"}"#),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("rewrite_host: applies to HTTP proxies"),
+        "{body}"
+    );
+}

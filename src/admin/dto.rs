@@ -25,6 +25,8 @@ pub struct ProxyOut {
     protocol: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fault_header: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rewrite_host: Option<String>,
     toxics: Vec<Arc<ToxicSpec>>,
 }
 
@@ -37,6 +39,7 @@ impl From<ProxyView> for ProxyOut {
             enabled: v.enabled,
             protocol: (v.protocol == Protocol::Http).then_some(v.protocol.as_str()),
             fault_header: (v.protocol == Protocol::Http).then_some(v.fault_header),
+            rewrite_host: v.rewrite_host,
             toxics: v.toxics,
         }
     }
@@ -58,6 +61,8 @@ pub struct ProxyIn {
     protocol: Option<String>,
     #[serde(default)]
     fault_header: Option<bool>,
+    #[serde(default)]
+    rewrite_host: Option<String>,
 }
 
 impl ProxyIn {
@@ -80,6 +85,7 @@ impl ProxyIn {
             enabled: self.enabled.unwrap_or(true),
             protocol,
             fault_header: self.fault_header.unwrap_or(true),
+            rewrite_host: self.rewrite_host,
         })
     }
 
@@ -98,6 +104,7 @@ impl ProxyIn {
             upstream: self.upstream,
             enabled: self.enabled,
             fault_header: self.fault_header,
+            rewrite_host: self.rewrite_host,
         })
     }
 }
