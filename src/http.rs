@@ -37,7 +37,7 @@ use hyper_util::server::conn::auto;
 use rand::Rng;
 use rand::rngs::SmallRng;
 use socket2::SockRef;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -45,7 +45,7 @@ use tracing::{debug, warn};
 pub use matcher::Matcher;
 
 use crate::metrics;
-use crate::proxy::{Link, Settings};
+use crate::proxy::{Link, Protocol, Settings, duplex};
 use crate::toxic::Direction;
 use faults::{Answer, ConnFaults, Decision, Shaping};
 
@@ -103,6 +103,8 @@ struct Conn {
     sock: Option<OwnedFd>,
     /// Held by upgraded tunnels too, so the connection counts as open while they run.
     active: Arc<metrics::ConnectionGuard>,
+    /// Whether bodies count their bytes (not when the duplex of the byte path does).
+    count_bodies: bool,
     stop: CancellationToken,
 }
 
@@ -124,47 +126,91 @@ pub async fn handle(
         metrics::toxic_applied(link.name(), name);
         debug!(toxic = %name, "downgrade: HTTP/1.1 only on this connection");
     }
+    // Byte toxics (bandwidth, slicer, ...) on the proxy when the connection opens: its bytes
+    // go through the TCP duplex, with its toxic chains, into one end of a local socket pair
+    // whose other end hyper serves. Without them, hyper reads the client socket directly.
+    let pair = if link
+        .toxics()
+        .iter()
+        .any(|t| t.acts_on_bytes(Protocol::Http))
+    {
+        UnixStream::pair()
+            .inspect_err(|err| warn!(%err, "no socket pair; byte toxics skip this connection"))
+            .ok()
+    } else {
+        None
+    };
     let conn = Arc::new(Conn {
         active,
         stop: stop.clone(),
         faults: Mutex::new(faults),
         sock: client.as_fd().try_clone_to_owned().ok(),
-        link,
+        link: link.clone(),
         upstream,
         peer,
+        // On the byte path the duplex counts the bytes; bodies would count them twice.
+        count_bodies: pair.is_none(),
     });
     let service = service_fn(move |req| {
         let conn = conn.clone();
         async move { conn.serve(req).await }
     });
-    let io = TokioIo::new(client);
     // Either way the connection closes when `stop` fires (disabled, deleted, or the drain is
     // over), as TCP proxies' do.
-    let served = if downgrade.is_some() {
-        // HTTP/1 only: an h2c preface is answered as a bad HTTP/1 request, so the client
-        // learns that HTTP/2 is not spoken here, as with a server or middlebox without it.
-        // (hyper-util's auto builder ignores its own http1_only once upgrades are on.)
-        let mut h1 = hyper::server::conn::http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
-            .keep_alive(true);
-        let serving = h1.serve_connection(io, service).with_upgrades();
-        tokio::select! {
-            served = serving => served.err().map(|e| e.to_string()),
-            _ = stop.cancelled() => None,
-        }
-    } else {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
-            .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
-        let serving = builder.serve_connection_with_upgrades(io, service);
-        tokio::select! {
-            served = serving => served.err().map(|e| e.to_string()),
-            _ = stop.cancelled() => None,
+    macro_rules! serve_on {
+        ($io:expr) => {
+            if downgrade.is_some() {
+                // HTTP/1 only: an h2c preface is answered as a bad HTTP/1 request, so the
+                // client learns that HTTP/2 is not spoken here. (hyper-util's auto builder
+                // ignores its own http1_only once upgrades are on.)
+                let mut h1 = hyper::server::conn::http1::Builder::new();
+                h1.timer(TokioTimer::new())
+                    .header_read_timeout(header_read_timeout)
+                    .keep_alive(true);
+                let serving = h1.serve_connection($io, service).with_upgrades();
+                tokio::select! {
+                    served = serving => served.err().map(|e| e.to_string()),
+                    _ = stop.cancelled() => None,
+                }
+            } else {
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_read_timeout)
+                    .keep_alive(true);
+                builder.http2().timer(TokioTimer::new());
+                let serving = builder.serve_connection_with_upgrades($io, service);
+                tokio::select! {
+                    served = serving => served.err().map(|e| e.to_string()),
+                    _ = stop.cancelled() => None,
+                }
+            }
+        };
+    }
+    let served = match pair {
+        None => serve_on!(TokioIo::new(client)),
+        Some((near, far)) => {
+            let tunnel_stop = stop.child_token();
+            let tunnel = {
+                let (link, tunnel_stop) = (link.clone(), tunnel_stop.clone());
+                // Owns both ends it copies between: when it ends, `near` closes and hyper
+                // sees the client gone.
+                async move {
+                    let outcome = duplex::run(&client, &near, &link, id, &tunnel_stop).await;
+                    debug!(?outcome, "byte path closed");
+                }
+            };
+            let serving = async {
+                let served = serve_on!(TokioIo::new(far));
+                if served.is_some() {
+                    // hyper dropped the connection (a reset fault, a protocol error): end the
+                    // client's side now rather than wait for the client to close.
+                    tunnel_stop.cancel();
+                }
+                served
+            };
+            tokio::join!(tunnel, serving).1
         }
     };
     if let Some(err) = served {
@@ -218,7 +264,9 @@ impl Conn {
         // A proxy answers in its own HTTP version (RFC 9110 section 6.2), not the upstream's:
         // an HTTP/1.0 upstream must not turn a keep-alive client's connection into 1.0.
         *response.version_mut() = version;
-        let bytes = link.metrics().bytes(Direction::Downstream);
+        let bytes = self
+            .count_bodies
+            .then(|| link.metrics().bytes(Direction::Downstream));
         response = response.map(|b| Counted { inner: b, bytes }.boxed_unsync());
         wait(d.before_headers).await;
         if !d.before_body.is_zero() {
@@ -326,7 +374,9 @@ impl Conn {
         };
         let mut body = Counted {
             inner: body,
-            bytes: self.link.metrics().bytes(Direction::Upstream),
+            bytes: self
+                .count_bodies
+                .then(|| self.link.metrics().bytes(Direction::Upstream)),
         }
         .map_err(box_error)
         .boxed_unsync();
@@ -418,7 +468,8 @@ pub struct FaultReset;
 /// per chunk.
 pub struct Counted<B> {
     inner: B,
-    bytes: ::metrics::Counter,
+    /// `None` when something else counts these bytes.
+    bytes: Option<::metrics::Counter>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
@@ -431,8 +482,8 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(Ok(f)) = &frame {
-            if let Some(data) = f.data_ref() {
-                self.bytes.increment(data.len() as u64);
+            if let (Some(data), Some(bytes)) = (f.data_ref(), &self.bytes) {
+                bytes.increment(data.len() as u64);
             }
         }
         Poll::Ready(frame)

@@ -177,17 +177,29 @@ impl ToxicSpec {
                     "match",
                     "downgrade acts on whole connections, before any request: it cannot match one",
                 )),
-                ToxicKind::Latency(_) | ToxicKind::Noop(_) => Ok(()),
-                _ if self.kind.is_http() => Ok(()),
-                _ => Err(AttrError::new(
-                    "type",
+                _ if self.matcher.is_some() && self.acts_on_bytes(protocol) => Err(AttrError::new(
+                    "match",
                     &format!(
-                        "{name} acts on the byte stream, which HTTP proxies do not run yet; use a TCP proxy, \
-                         or an HTTP fault (http_abort, http_delay, maintenance, rate_limit)"
+                        "{name} acts on the connection's bytes, not on requests: it cannot match one"
                     ),
                 )),
+                ToxicKind::ConnectDelay(_) => Err(AttrError::new(
+                    "type",
+                    "connect_delay delays a TCP proxy's dial; an HTTP proxy dials its pool ahead of \
+                     requests, so use http_delay with phase \"request\" instead",
+                )),
+                _ => Ok(()),
             },
         }
+    }
+
+    /// Whether the toxic runs in a connection's byte chain on a proxy of this protocol. On HTTP
+    /// proxies `latency` acts per request instead (`http::faults`) and `noop` has no bytes to
+    /// pass; the other stream toxics act on the client connection's bytes.
+    pub fn acts_on_bytes(&self, protocol: crate::proxy::Protocol) -> bool {
+        self.kind.acts_on_stream()
+            && (protocol == crate::proxy::Protocol::Tcp
+                || !matches!(self.kind, ToxicKind::Latency(_) | ToxicKind::Noop(_)))
     }
 
     /// Draws whether this toxic applies to a connection and direction, per its toxicity.

@@ -524,8 +524,13 @@ async fn bad_http_input_is_refused_and_changes_nothing() {
         ),
         (
             "web",
-            json!({"type": "bandwidth", "attributes": {"rate": 1}}),
-            "type: bandwidth acts on the byte stream",
+            json!({"type": "bandwidth", "attributes": {"rate": 1}, "match": {"path": "/"}}),
+            "match: bandwidth acts on the connection's bytes, not on requests",
+        ),
+        (
+            "web",
+            json!({"type": "connect_delay", "attributes": {"latency": 5}}),
+            "type: connect_delay delays a TCP proxy's dial",
         ),
         (
             "web",
@@ -1072,4 +1077,63 @@ async fn rewrite_host_replaces_the_forwarded_host() {
             .contains("rewrite_host: applies to HTTP proxies"),
         "{body}"
     );
+}
+
+/// Byte toxics act on an HTTP proxy's connections as on a TCP proxy's: here bandwidth paces the
+/// response, a slicer cuts the request, and the bytes still arrive exact.
+#[tokio::test]
+async fn byte_toxics_act_on_the_connections_of_an_http_proxy() {
+    let (f, _addr, base) = setup().await;
+    add(
+        &f,
+        json!({"name": "thin", "type": "bandwidth", "attributes": {"rate": 200}}),
+    )
+    .await;
+    add(
+        &f,
+        json!({"name": "cut", "type": "slicer", "stream": "upstream",
+                   "attributes": {"average_size": 500, "size_variation": 100, "delay": 10}}),
+    )
+    .await;
+    let body = random_bytes(100_000, 8);
+    let t0 = Instant::now();
+    let r = client()
+        .post(format!("{base}/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A byte toxic acts on the connection, not on a request: no fault header.
+    assert!(r.headers().get("x-fallacy-fault").is_none());
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &body[..]);
+    // 100 KB (plus headers) down at 200 KB/s: half a second.
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(480), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test]
+async fn limit_data_closes_an_http_connection_mid_body() {
+    let (f, _addr, base) = setup().await;
+    add(
+        &f,
+        json!({"type": "limit_data", "attributes": {"bytes": 5000}}),
+    )
+    .await;
+    let r = client().get(format!("{base}/big")).send().await.unwrap();
+    // The headers fit in the first 5000 bytes; the body does not.
+    assert_eq!(r.status(), 200);
+    let err = r.bytes().await.expect_err("the body must be cut short");
+    assert!(
+        err.is_body() || err.is_decode() || err.is_request(),
+        "{err}"
+    );
+    // Toxics removed: new connections go straight to hyper again.
+    let (status, _) = f
+        .call("DELETE", "/proxies/web/toxics/limit_data_downstream", None)
+        .await;
+    assert_eq!(status, 204);
+    let r = client().get(format!("{base}/big")).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), BIG);
 }

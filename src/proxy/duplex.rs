@@ -35,7 +35,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use socket2::SockRef;
 use tokio::io::Interest;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -107,11 +107,54 @@ impl Shared<'_> {
     }
 }
 
+/// What a duplex copies between: TCP connections, or (an HTTP proxy running byte toxics) one
+/// end of a local socket pair whose other end hyper serves. Each method is the tokio one.
+pub trait Socket: std::os::fd::AsFd + Sync {
+    /// Waits for read readiness.
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    /// Waits for write readiness.
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    /// Reads into the buffer's free room without waiting.
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
+    /// Writes without waiting.
+    fn try_write(&self, data: &[u8]) -> io::Result<usize>;
+    /// Runs an I/O step; a `WouldBlock` from it clears the readiness sampled before it.
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+}
+
+macro_rules! socket {
+    ($t:ty) => {
+        impl Socket for $t {
+            fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+                <$t>::readable(self)
+            }
+            fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+                <$t>::writable(self)
+            }
+            fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+                <$t>::try_read_buf(self, buf)
+            }
+            fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+                <$t>::try_write(self, data)
+            }
+            fn try_io<R>(
+                &self,
+                interest: Interest,
+                f: impl FnOnce() -> io::Result<R>,
+            ) -> io::Result<R> {
+                <$t>::try_io(self, interest, f)
+            }
+        }
+    };
+}
+socket!(TcpStream);
+socket!(UnixStream);
+
 /// Copies both directions until the connection ends. The caller closes the sockets by dropping
 /// them; this function sets SO_LINGER 0 first when the connection must end with RST.
-pub async fn run(
-    client: &TcpStream,
-    upstream: &TcpStream,
+pub async fn run<C: Socket, U: Socket>(
+    client: &C,
+    upstream: &U,
     link: &Link,
     id: u64,
     stop: &CancellationToken,
@@ -135,9 +178,8 @@ pub async fn run(
     };
     if outcome == Outcome::Reset {
         // SO_LINGER 0 makes close() send RST instead of FIN.
-        for s in [client, upstream] {
-            let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
-        }
+        let _ = SockRef::from(client).set_linger(Some(Duration::ZERO));
+        let _ = SockRef::from(upstream).set_linger(Some(Duration::ZERO));
     }
     outcome
 }
@@ -175,6 +217,7 @@ impl Pending {
 
 struct Half {
     dir: Direction,
+    protocol: crate::proxy::Protocol,
     chain: Vec<Slot>,
     cx: ToxicCx,
     queue: VecDeque<Chunk>,
@@ -205,6 +248,7 @@ impl Half {
         changes.mark_unchanged();
         let mut half = Half {
             dir,
+            protocol: link.protocol(),
             chain: Vec::new(),
             cx: ToxicCx {
                 rng: link.rng(id, dir),
@@ -224,7 +268,7 @@ impl Half {
         half
     }
 
-    async fn run(mut self, src: &TcpStream, dst: &TcpStream, shared: &Shared<'_>) -> HalfEnd {
+    async fn run<S: Socket, D: Socket>(mut self, src: &S, dst: &D, shared: &Shared<'_>) -> HalfEnd {
         let end = self.pump(src, dst, shared).await;
         if let HalfEnd::Failed(_) = end {
             // The other direction cannot go on without this one's peer.
@@ -233,7 +277,12 @@ impl Half {
         end
     }
 
-    async fn pump(&mut self, src: &TcpStream, dst: &TcpStream, shared: &Shared<'_>) -> HalfEnd {
+    async fn pump<S: Socket, D: Socket>(
+        &mut self,
+        src: &S,
+        dst: &D,
+        shared: &Shared<'_>,
+    ) -> HalfEnd {
         let stop = &shared.stop;
         let mut buf = BytesMut::new();
         let mut changes_open = true;
@@ -326,7 +375,7 @@ impl Half {
     }
 
     /// Acts on a pending end whose time has come: RST, close, or the FIN of a half-close.
-    fn due_end(&self, now: Instant, dst: &TcpStream, shared: &Shared<'_>) -> Option<HalfEnd> {
+    fn due_end<D: Socket>(&self, now: Instant, dst: &D, shared: &Shared<'_>) -> Option<HalfEnd> {
         let pending = self.pending?;
         let due = pending.at() <= now;
         match pending {
@@ -410,7 +459,7 @@ impl Half {
 
     /// Writes the queued chunks whose time has come, in order, as far as the destination takes
     /// them without waiting. Returns whether it stopped because the destination is full.
-    fn flush_due(&mut self, now: Instant, dst: &TcpStream) -> io::Result<bool> {
+    fn flush_due<D: Socket>(&mut self, now: Instant, dst: &D) -> io::Result<bool> {
         let limit = match self.pending {
             // Nothing at or after the reset instant is written.
             Some(Pending::Reset(at)) => now.min(at),
@@ -547,7 +596,7 @@ impl Half {
         let mut flush = false;
         for spec in toxics
             .iter()
-            .filter(|s| s.direction == self.dir && s.kind.acts_on_stream())
+            .filter(|s| s.direction == self.dir && s.acts_on_bytes(self.protocol))
         {
             let slot = match old.iter().position(|s| s.spec.name == spec.name) {
                 Some(pos) => {
@@ -624,7 +673,7 @@ enum WriteError {
 /// event came in since it was sampled before the read, whereas clearing it afterwards could
 /// swallow the edge of data that arrived in between; with the peer then blocked on a full
 /// window, no further edge would ever come, and the connection would hang.
-fn read_chunk(src: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+fn read_chunk<S: Socket>(src: &S, buf: &mut BytesMut) -> io::Result<usize> {
     let room = buf.capacity() - buf.len();
     let mut got = None;
     let res = src.try_io(Interest::READABLE, || {
@@ -644,8 +693,8 @@ fn read_chunk(src: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
 }
 
 /// Writes all of `data`, or fails; gives up at once when `stop` fires.
-async fn write_all(
-    dst: &TcpStream,
+async fn write_all<D: Socket>(
+    dst: &D,
     mut data: &[u8],
     stop: &CancellationToken,
 ) -> Result<(), WriteError> {
