@@ -1137,3 +1137,36 @@ async fn limit_data_closes_an_http_connection_mid_body() {
     let r = client().get(format!("{base}/big")).send().await.unwrap();
     assert_eq!(r.bytes().await.unwrap().len(), BIG);
 }
+
+/// An upstream change reaches the next request, even on a keep-alive connection that already
+/// has an upstream connection of its own.
+#[tokio::test]
+async fn an_upstream_change_applies_to_the_next_request() {
+    let (f, addr, _base) = setup().await;
+    let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_addr = other.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = other.accept().await else {
+            return;
+        };
+        let _ = read_until(&mut s, "\r\n\r\n").await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nother")
+            .await;
+    });
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_until(&mut s, "hello").await.ends_with("hello"));
+    let body = json!({"upstream": other_addr.to_string()});
+    let (status, _) = f
+        .call("POST", "/proxies/web", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, 200);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_until(&mut s, "other").await;
+    assert!(second.ends_with("other"), "{second:?}");
+}

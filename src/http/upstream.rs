@@ -42,6 +42,8 @@ pub struct Affine {
 #[derive(Default)]
 struct State {
     sender: Option<SendRequest<ResBody>>,
+    /// The upstream `sender` talks to: a changed upstream means a new connection.
+    to: Option<std::sync::Arc<String>>,
     driver: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     waker: Option<Waker>,
 }
@@ -81,7 +83,9 @@ impl Affine {
             let current = if upgrade {
                 None
             } else {
-                self.state().sender.take().filter(|s| !s.is_closed())
+                let mut state = self.state();
+                let same = state.to.as_deref() == Some(&*link.upstream());
+                state.sender.take().filter(|s| same && !s.is_closed())
             };
             let mut sender = match current {
                 Some(sender) => sender,
@@ -117,6 +121,9 @@ impl Affine {
     ) -> Result<SendRequest<ResBody>, UpstreamError> {
         let upstream = link.upstream();
         let timeout = link.settings().connect_timeout;
+        if !upgrade {
+            self.state().to = Some(upstream.clone());
+        }
         let stream =
             match tokio::time::timeout(timeout, TcpStream::connect(upstream.as_str())).await {
                 Ok(Ok(stream)) => stream,
