@@ -13,7 +13,6 @@
 
 pub mod faults;
 pub mod matcher;
-pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,17 +48,20 @@ use crate::metrics;
 use crate::proxy::{Link, Protocol, Settings, duplex};
 use crate::toxic::Direction;
 use faults::{Answer, ConnFaults, Decision, Shaping};
-use upstream::{Affine, UpstreamError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body fallacy sends, either way: boxed, since faults wrap it in layers.
 pub type ResBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// The pooled h2c (prior knowledge) client a proxy's connections share for requests that came
-/// in over HTTP/2, so that an h2-only upstream (gRPC) keeps working; its streams multiplex
-/// many client connections. HTTP/1.1 requests use each client connection's own upstream
-/// connection instead (`upstream::Affine`).
-pub type UpstreamClient = Client<HttpConnector, ResBody>;
+type PooledClient = Client<HttpConnector, ResBody>;
+
+/// The pooled clients a proxy's connections share: HTTP/1.1, and h2c (prior knowledge) for
+/// requests that came in over HTTP/2, so that an h2-only upstream (gRPC) keeps working.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    http1: PooledClient,
+    h2c: PooledClient,
+}
 
 /// How long a client may take to send a request's headers unless configured
 /// (`[server] header_read_timeout`): a slow-loris client is cut off.
@@ -71,17 +73,23 @@ pub const FAULT_HEADER: &str = "x-fallacy-fault";
 /// The seeding stream of a connection's request draws (0 and 1 are TCP directions, 2 the dial).
 const REQUEST_STREAM: u64 = 3;
 
-/// The h2c client for one proxy's upstream: TCP_NODELAY, the server's connect timeout, pooled.
+/// The clients for one proxy's upstream: TCP_NODELAY, the server's connect timeout, pooled.
 pub fn client(settings: &Settings) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(settings.connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_timer(TokioTimer::new())
-        .http2_only(true)
-        .timer(TokioTimer::new())
-        .build(connector)
+    let build = |h2: bool| {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .http2_only(h2)
+            .timer(TokioTimer::new())
+            .build(connector)
+    };
+    UpstreamClient {
+        http1: build(false),
+        h2c: build(true),
+    }
 }
 
 /// What every request of a connection needs.
@@ -97,8 +105,6 @@ struct Conn {
     active: Arc<metrics::ConnectionGuard>,
     /// Whether bodies count their bytes (not when the duplex of the byte path does).
     count_bodies: bool,
-    /// This connection's own upstream connection, for its HTTP/1.1 requests.
-    affine: Affine,
     stop: CancellationToken,
 }
 
@@ -144,9 +150,7 @@ pub async fn handle(
         peer,
         // On the byte path the duplex counts the bytes; bodies would count them twice.
         count_bodies: pair.is_none(),
-        affine: Affine::default(),
     });
-    let driving = conn.clone();
     let service = service_fn(move |req| {
         let conn = conn.clone();
         async move { conn.serve(req).await }
@@ -167,8 +171,6 @@ pub async fn handle(
                 tokio::select! {
                     served = serving => served.err().map(|e| e.to_string()),
                     _ = stop.cancelled() => None,
-                    // Never completes: it drives this connection's upstream connection.
-                    () = driving.affine.drive() => None,
                 }
             } else {
                 let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -182,8 +184,6 @@ pub async fn handle(
                 tokio::select! {
                     served = serving => served.err().map(|e| e.to_string()),
                     _ = stop.cancelled() => None,
-                    // Never completes: it drives this connection's upstream connection.
-                    () = driving.affine.drive() => None,
                 }
             }
         };
@@ -367,6 +367,11 @@ impl Conn {
         } else {
             Version::HTTP_11
         };
+        let client = if h2 {
+            &self.upstream.h2c
+        } else {
+            &self.upstream.http1
+        };
         let mut body = Counted {
             inner: body,
             bytes: self
@@ -378,25 +383,7 @@ impl Conn {
         if !shaping.body_untouched() {
             body = Shaped::new(body, shaping.clone(), rng).boxed_unsync();
         }
-        let request = Request::from_parts(parts, body);
-        let answered = if h2 {
-            self.upstream.request(request).await.map_err(|err| {
-                let connect = err.is_connect();
-                // hyper's message is the outermost of a chain ("client error (Connect)"); the
-                // innermost cause ("Connection refused") is what a user can act on.
-                let mut cause: &dyn std::error::Error = &err;
-                while let Some(next) = cause.source() {
-                    cause = next;
-                }
-                (connect, format!("{err}: {cause}"))
-            })
-        } else {
-            self.affine
-                .send(&self.link, request, client_upgrade.is_some())
-                .await
-                .map_err(|err| (matches!(err, UpstreamError::Connect(_)), err.to_string()))
-        };
-        match answered {
+        match client.request(Request::from_parts(parts, body)).await {
             Ok(mut response) => {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_upgrade {
@@ -409,8 +396,15 @@ impl Conn {
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.map_err(box_error).boxed_unsync())
             }
-            Err((connect, reason)) => {
-                if connect {
+            Err(err) => {
+                // hyper's message is the outermost of a chain ("client error (Connect)"); the
+                // innermost cause ("Connection refused") is what a user can act on.
+                let mut cause: &dyn std::error::Error = &err;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                let reason = format!("{err}: {cause}");
+                if err.is_connect() {
                     self.link.metrics().upstream_connect_error();
                     warn!(proxy = %self.link.name(), %upstream, %reason, "answering 502: upstream unavailable");
                 } else {
