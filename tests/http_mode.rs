@@ -1170,3 +1170,42 @@ async fn an_upstream_change_applies_to_the_next_request() {
     let second = read_until(&mut s, "other").await;
     assert!(second.ends_with("other"), "{second:?}");
 }
+
+/// On one HTTP/2 connection, a faulted stream does not spoil the next ones.
+#[tokio::test]
+async fn an_h2c_connection_serves_on_after_a_fault() {
+    let (f, _addr, base) = setup().await;
+    add(
+        &f,
+        json!({"name": "no", "type": "http_abort", "attributes": {"status": 500},
+                   "match": {"path": "/orders"}}),
+    )
+    .await;
+    add(
+        &f,
+        json!({"name": "rst", "type": "http_abort", "attributes": {"reset": true},
+                   "match": {"path": "/echo"}}),
+    )
+    .await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let r = h2.get(format!("{base}/orders")).send().await.unwrap();
+        assert_eq!(r.status(), 500);
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        // A reset stream is an error for that request only.
+        assert!(
+            h2.post(format!("{base}/echo"))
+                .body("x")
+                .send()
+                .await
+                .is_err()
+        );
+        let r = h2.get(&base).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "hello");
+    }
+}

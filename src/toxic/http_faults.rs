@@ -502,6 +502,12 @@ mod tests {
         assert_eq!(a.deadline_delay(&h), Some(Duration::from_millis(1480)));
         h.insert("x-timeout", "300".parse().unwrap());
         assert_eq!(a.deadline_delay(&h), Some(Duration::from_millis(280)));
+        // A margin beyond the deadline: answer at once, never a negative wait.
+        a.margin = Some(Millis(500_000_000));
+        assert_eq!(a.deadline_delay(&h), Some(Duration::ZERO));
+        // An unreadable deadline: no deadline (the drawn delay applies).
+        h.insert("x-timeout", "soon".parse().unwrap());
+        assert_eq!(a.deadline_delay(&h), None);
     }
 
     #[test]
