@@ -257,9 +257,10 @@ impl Conn {
             None => self.forward(parts, body, &d.request, up_rng).await,
         };
         d.response.edit(response.headers_mut());
-        if !d.response.body_untouched() {
+        if !d.response.body_untouched() || !d.before_body.is_zero() {
             let shaping = d.response.clone();
-            response = response.map(|b| Shaped::new(b, shaping, down_rng).boxed_unsync());
+            response =
+                response.map(|b| Shaped::new(b, shaping, down_rng, d.before_body).boxed_unsync());
         }
         // A proxy answers in its own HTTP version (RFC 9110 section 6.2), not the upstream's:
         // an HTTP/1.0 upstream must not turn a keep-alive client's connection into 1.0.
@@ -269,15 +270,6 @@ impl Conn {
             .then(|| link.metrics().bytes(Direction::Downstream));
         response = response.map(|b| Counted { inner: b, bytes }.boxed_unsync());
         wait(d.before_headers).await;
-        if !d.before_body.is_zero() {
-            response = response.map(|b| {
-                DelayedBody {
-                    inner: b,
-                    wait: Some(Box::pin(wait(d.before_body))),
-                }
-                .boxed_unsync()
-            });
-        }
         if link.fault_header() && !d.names.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&d.names.join(", ")) {
                 response
@@ -381,7 +373,7 @@ impl Conn {
         .map_err(box_error)
         .boxed_unsync();
         if !shaping.body_untouched() {
-            body = Shaped::new(body, shaping.clone(), rng).boxed_unsync();
+            body = Shaped::new(body, shaping.clone(), rng, Duration::ZERO).boxed_unsync();
         }
         match client.request(Request::from_parts(parts, body)).await {
             Ok(mut response) => {
@@ -535,9 +527,10 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingIo<T> {
     }
 }
 
-/// A body under `http_truncate`, `http_slow_body` and `tamper`'s bit flips: cut after a number
-/// of bytes (then failed, so the exchange is aborted rather than ended cleanly), paced at a
-/// rate in pieces of about 10 ms, with a fraction of its bytes flipped.
+/// A body under `http_delay`'s body phase, `http_truncate`, `http_slow_body` and `tamper`'s bit
+/// flips: its first frame waits, it is cut after a number of bytes (then failed, so the
+/// exchange is aborted rather than ended cleanly), paced at a rate in pieces of about 10 ms,
+/// with a fraction of its bytes flipped.
 struct Shaped {
     inner: ResBody,
     plan: Shaping,
@@ -557,7 +550,9 @@ struct Shaped {
 }
 
 impl Shaped {
-    fn new(inner: ResBody, plan: Shaping, rng: Option<SmallRng>) -> Shaped {
+    fn new(inner: ResBody, plan: Shaping, rng: Option<SmallRng>, first_wait: Duration) -> Shaped {
+        let wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>> =
+            (!first_wait.is_zero()).then(|| Box::pin(wait(first_wait)) as _);
         Shaped {
             inner,
             plan,
@@ -568,7 +563,7 @@ impl Shaped {
             cut: false,
             abort_armed: false,
             start: None,
-            wait: None,
+            wait,
         }
     }
 
@@ -656,7 +651,7 @@ impl Body for Shaped {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pending.is_none() && !self.cut && self.inner.is_end_stream()
+        self.wait.is_none() && self.pending.is_none() && !self.cut && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -665,36 +660,6 @@ impl Body for Shaped {
         } else {
             self.inner.size_hint()
         }
-    }
-}
-
-/// A body whose first frame waits.
-struct DelayedBody {
-    inner: ResBody,
-    wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-}
-
-impl Body for DelayedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(wait) = self.wait.as_mut() {
-            ready!(wait.as_mut().poll(cx));
-            self.wait = None;
-        }
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.wait.is_none() && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
