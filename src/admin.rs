@@ -15,6 +15,8 @@
 //! | DELETE | `/proxies/{p}/toxics/{t}` | 204 |
 //! | POST | `/reset` | 204 |
 //! | GET | `/version` | 200 `{"version":..}` |
+//! | GET | `/proxies/{p}/stats` | 200 live figures (requests, latency, abandonment, retries) |
+//! | GET | `/proxies/{p}/timeout-advice?false_timeout_rate=R` | 200 advice; 400 bad R; 422 too few samples |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz`, `/readyz` | 200; `/readyz` 503 until configured listeners are bound |
 //! | POST | `/shutdown` | 204, then a graceful drain |
@@ -92,6 +94,8 @@ pub fn router(state: AdminState) -> Router {
                 .patch(toxic_update)
                 .delete(toxic_delete),
         )
+        .route("/proxies/{proxy}/stats", get(proxy_stats))
+        .route("/proxies/{proxy}/timeout-advice", get(proxy_timeout_advice))
         .route("/reset", post(reset))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
@@ -152,6 +156,9 @@ fn is_browser(request: &Request) -> bool {
 
 /// Our read-only extensions stay open to browsers: a person may look at `/metrics`.
 fn is_read_only_extension(request: &Request) -> bool {
+    let path = request.uri().path();
     request.method() == Method::GET
-        && matches!(request.uri().path(), "/metrics" | "/healthz" | "/readyz")
+        && (matches!(path, "/metrics" | "/healthz" | "/readyz")
+            || (path.starts_with("/proxies/")
+                && (path.ends_with("/stats") || path.ends_with("/timeout-advice"))))
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
+use crate::measure::MeasurePatch;
 use crate::proxy::DEFAULT_CONNECT_TIMEOUT;
 use crate::proxy::Protocol;
 use crate::state::NewProxy;
@@ -199,6 +200,12 @@ struct RawProxy {
     #[serde(default)]
     rewrite_host: Option<Spanned<String>>,
     #[serde(default)]
+    abandon_grace: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    retry_window: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    idempotency_headers: Option<Spanned<toml::Value>>,
+    #[serde(default)]
     toxic: Vec<Spanned<RawToxic>>,
 }
 
@@ -371,6 +378,19 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 }
             }
         });
+        let mut measure = MeasurePatch::default();
+        for (key, raw) in [
+            ("abandon_grace", &p.abandon_grace),
+            ("retry_window", &p.retry_window),
+            ("idempotency_headers", &p.idempotency_headers),
+        ] {
+            if let Some(raw) = raw {
+                let value = serde_json::to_value(raw.get_ref()).unwrap_or(Value::Null);
+                if let Err(message) = measure.set(key, &value) {
+                    c.at(raw.span().start, format!("{field}.{key}"), message);
+                }
+            }
+        }
         let mut toxics: Vec<ToxicSpec> = Vec::new();
         for (j, raw_toxic) in p.toxic.into_iter().enumerate() {
             let span = raw_toxic.span().start;
@@ -414,6 +434,7 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 protocol,
                 fault_header: p.fault_header.unwrap_or(true),
                 rewrite_host,
+                measure,
             },
             toxics,
         });
@@ -620,6 +641,14 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 None
             }
         };
+        let mut measure = MeasurePatch::default();
+        for key in MeasurePatch::KEYS {
+            if let Some(v) = map.get(key).filter(|v| !v.is_null()) {
+                if let Err(message) = measure.set(key, v) {
+                    c.at(at, format!("[{i}].{key}"), message);
+                }
+            }
+        }
         let mut toxics: Vec<ToxicSpec> = Vec::new();
         match map.get("toxics") {
             None | Some(Value::Null) => {}
@@ -659,6 +688,7 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                     protocol,
                     fault_header,
                     rewrite_host,
+                    measure,
                 },
                 toxics,
             });

@@ -44,6 +44,7 @@ use tracing::{debug, warn};
 
 pub use matcher::Matcher;
 
+use crate::measure::{BodyHashCell, BodyHasher, Exchange, RequestId, UpstreamResult};
 use crate::metrics;
 use crate::proxy::{Link, Protocol, Settings, duplex};
 use crate::toxic::Direction;
@@ -151,10 +152,7 @@ pub async fn handle(
         // On the byte path the duplex counts the bytes; bodies would count them twice.
         count_bodies: pair.is_none(),
     });
-    let service = service_fn(move |req| {
-        let conn = conn.clone();
-        async move { conn.serve(req).await }
-    });
+    let service = service_fn(move |req| conn.clone().serve(req));
     // Either way the connection closes when `stop` fires (disabled, deleted, or the drain is
     // over), as TCP proxies' do.
     macro_rules! serve_on {
@@ -220,15 +218,20 @@ pub async fn handle(
 
 impl Conn {
     /// An `Err` makes hyper drop the exchange without an answer: the reset faults use it.
-    async fn serve(&self, req: Request<Incoming>) -> Result<Response<ResBody>, FaultReset> {
-        let link = &self.link;
+    /// hyper drops this future when the client goes away first: the [`Exchange`] counts that.
+    async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResBody>, FaultReset> {
+        let start = Instant::now();
+        let link = self.link.clone();
         link.metrics().request();
-        let (parts, body) = req.into_parts();
+        let (parts, mut body) = req.into_parts();
         let version = parts.version;
         let toxics = link.toxics();
         let (d, up_rng, down_rng) = {
             let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
-            let d: Decision = faults.decide(&toxics, &parts, self.peer.ip(), Instant::now());
+            let d: Decision = faults.decide(&toxics, &parts, self.peer.ip(), start);
             let up = d.request.flip.map(|_| faults.body_rng());
             let down = d.response.flip.map(|_| faults.body_rng());
             (d, up, down)
@@ -239,22 +242,54 @@ impl Conn {
         if !d.names.is_empty() {
             debug!(faults = ?d.names, method = %parts.method, path = parts.uri.path(), "faults applied");
         }
-        wait(d.before_request).await;
+        let fingerprint = RequestId {
+            peer: self.peer.ip(),
+            parts: &parts,
+        }
+        .fingerprint(&link.measure().idempotency_headers);
+        let mut exchange = Exchange::new(
+            link.clone(),
+            start,
+            d.before_request + d.before_headers,
+            fingerprint,
+        );
         let mut response = match &d.answer {
-            Some(Answer::Reset) => return Err(self.reset(parts.version)),
-            Some(Answer::Respond {
-                status,
-                body,
-                retry_after,
-            }) => {
-                let mut r = text(*status, body.clone());
-                if let Some(secs) = retry_after {
-                    r.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            Some(answer) => {
+                exchange.injected_answer();
+                if exchange.hashes_body() && !body.is_end_stream() {
+                    exchange.set_body_hash(hash_body_prefix(&mut body).await);
                 }
-                r
+                wait(d.before_request).await;
+                match answer {
+                    Answer::Reset => {
+                        exchange.reset();
+                        return Err(self.reset(version));
+                    }
+                    Answer::Respond {
+                        status,
+                        body,
+                        retry_after,
+                    } => {
+                        let mut r = text(*status, body.clone());
+                        if let Some(secs) = retry_after {
+                            r.headers_mut()
+                                .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+                        }
+                        r
+                    }
+                }
             }
-            None => self.forward(parts, body, &d.request, up_rng).await,
+            None => {
+                let hash = (!body.is_end_stream())
+                    .then(|| exchange.body_hash_cell())
+                    .flatten();
+                let (conn, shaping, before) = (self.clone(), d.request.clone(), d.before_request);
+                let leg = async move {
+                    wait(before).await;
+                    conn.forward(parts, body, &shaping, up_rng, hash).await
+                };
+                exchange.run_leg(Box::pin(leg)).await
+            }
         };
         d.response.edit(response.headers_mut());
         if !d.response.body_untouched() || !d.before_body.is_zero() {
@@ -268,7 +303,14 @@ impl Conn {
         let bytes = self
             .count_bodies
             .then(|| link.metrics().bytes(Direction::Downstream));
-        response = response.map(|b| Counted { inner: b, bytes }.boxed_unsync());
+        response = response.map(|b| {
+            Counted {
+                inner: b,
+                bytes,
+                hash: None,
+            }
+            .boxed_unsync()
+        });
         wait(d.before_headers).await;
         if link.fault_header() && !d.names.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&d.names.join(", ")) {
@@ -277,6 +319,7 @@ impl Conn {
                     .insert(HeaderName::from_static(FAULT_HEADER), v);
             }
         }
+        exchange.answered(response.status());
         Ok(response)
     }
 
@@ -287,19 +330,30 @@ impl Conn {
         body: Incoming,
         shaping: &Shaping,
         rng: Option<SmallRng>,
-    ) -> Response<ResBody> {
+        hash: Option<Arc<BodyHashCell>>,
+    ) -> (Response<ResBody>, UpstreamResult) {
         let upstream = self.link.upstream();
+        // fallacy's own answers (501, 502) stand for an upstream that failed at once.
+        let failed = |r| {
+            (
+                r,
+                UpstreamResult {
+                    elapsed: Duration::ZERO,
+                    ok: false,
+                },
+            )
+        };
         let upgrade =
             parts.headers.contains_key(header::UPGRADE) && parts.version == Version::HTTP_11;
         if parts.method == Method::CONNECT
             || (parts.headers.contains_key(header::UPGRADE) && !upgrade)
         {
-            return text(
+            return failed(text(
                 StatusCode::NOT_IMPLEMENTED,
                 "fallacy: this HTTP proxy passes HTTP/1.1 upgrades (WebSocket) through, but not \
                  CONNECT or HTTP/2 upgrades; use a TCP proxy for them\n"
                     .into(),
-            );
+            ));
         }
         // The client's half of an upgrade, taken before the request is rebuilt for upstream.
         let client_upgrade = upgrade
@@ -309,10 +363,10 @@ impl Conn {
         let uri: Uri = match format!("http://{upstream}{path}").parse() {
             Ok(uri) => uri,
             Err(err) => {
-                return text(
+                return failed(text(
                     StatusCode::BAD_GATEWAY,
                     format!("fallacy: upstream {upstream:?} is not a valid authority: {err}\n"),
-                );
+                ));
             }
         };
         if let Some(host) = self.link.rewrite_host() {
@@ -369,24 +423,36 @@ impl Conn {
             bytes: self
                 .count_bodies
                 .then(|| self.link.metrics().bytes(Direction::Upstream)),
+            hash,
         }
         .map_err(box_error)
         .boxed_unsync();
         if !shaping.body_untouched() {
             body = Shaped::new(body, shaping.clone(), rng, Duration::ZERO).boxed_unsync();
         }
-        match client.request(Request::from_parts(parts, body)).await {
+        let sent = Instant::now();
+        let answered = client.request(Request::from_parts(parts, body)).await;
+        let elapsed = sent.elapsed();
+        match answered {
             Ok(mut response) => {
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let status = response.status();
+                let result = UpstreamResult {
+                    elapsed,
+                    ok: !status.is_server_error() && status != StatusCode::TOO_MANY_REQUESTS,
+                };
+                if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = client_upgrade {
                         let upstream_side = hyper::upgrade::on(&mut response);
                         self.tunnel(client_side, upstream_side);
-                        return response.map(|b| b.map_err(box_error).boxed_unsync());
+                        return (response.map(|b| b.map_err(box_error).boxed_unsync()), result);
                     }
                 }
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.map_err(box_error).boxed_unsync())
+                (
+                    Response::from_parts(parts, body.map_err(box_error).boxed_unsync()),
+                    result,
+                )
             }
             Err(err) => {
                 // hyper's message is the outermost of a chain ("client error (Connect)"); the
@@ -402,10 +468,11 @@ impl Conn {
                 } else {
                     debug!(%upstream, %reason, "upstream request failed");
                 }
-                text(
+                let answer = text(
                     StatusCode::BAD_GATEWAY,
                     format!("fallacy: upstream {upstream} failed: {reason}\n"),
-                )
+                );
+                (answer, UpstreamResult { elapsed, ok: false })
             }
         }
     }
@@ -462,6 +529,8 @@ pub struct Counted<B> {
     inner: B,
     /// `None` when something else counts these bytes.
     bytes: Option<::metrics::Counter>,
+    /// Request bodies whose hash goes into the retry fingerprint.
+    hash: Option<Arc<BodyHashCell>>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
@@ -474,8 +543,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(Ok(f)) = &frame {
-            if let (Some(data), Some(bytes)) = (f.data_ref(), &self.bytes) {
-                bytes.increment(data.len() as u64);
+            if let Some(data) = f.data_ref() {
+                if let Some(bytes) = &self.bytes {
+                    bytes.increment(data.len() as u64);
+                }
+                if let Some(hash) = &self.hash {
+                    hash.feed(data);
+                }
             }
         }
         Poll::Ready(frame)
@@ -661,6 +735,27 @@ impl Body for Shaped {
             self.inner.size_hint()
         }
     }
+}
+
+/// Reads up to [`BODY_HASH_LIMIT`](crate::measure::BODY_HASH_LIMIT) bytes of a body that a
+/// fault answers without forwarding, for the retry fingerprint. A client that sends its body
+/// slowly gets a second at most: the answer must not wait on it.
+async fn hash_body_prefix(body: &mut Incoming) -> u64 {
+    let mut hasher = BodyHasher::default();
+    let read = async {
+        while !hasher.full() {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        hasher.feed(data);
+                    }
+                }
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
+    hasher.value()
 }
 
 fn box_error(err: hyper::Error) -> BoxError {

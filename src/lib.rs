@@ -1,4 +1,4 @@
-//! fallacy: a fault-injecting TCP proxy that makes the fallacies of distributed computing happen
+//! fallacy: a fault-injecting TCP and HTTP proxy that makes the fallacies of distributed computing happen
 //! on purpose, with an admin API that Toxiproxy clients can drive.
 //!
 //! # Layout
@@ -10,6 +10,7 @@
 //! | [`proxy`] | the data path: accept loop, connection, duplex copy with toxics |
 //! | [`toxic`] | the toxic wire model and the runtime toxics |
 //! | [`admin`] | the HTTP admin API (axum) |
+//! | [`measure`] | what clients did: abandonment, false timeouts, retries, timeout advice |
 //! | [`metrics`] | metric names, help texts, data-path helpers |
 //! | [`shutdown`] | OS signals |
 //! | [`timer`] | sub-millisecond sleeps for delays |
@@ -23,6 +24,7 @@
 pub mod admin;
 pub mod config;
 pub mod http;
+pub mod measure;
 pub mod metrics;
 pub mod proxy;
 pub mod shutdown;

@@ -147,7 +147,7 @@ async fn serve(admin: SocketAddr, config: Config) -> anyhow::Result<()> {
         format!("cannot listen on {admin} for the admin API (is another fallacy or Toxiproxy running? choose another with --admin)")
     })?;
     let bound = listener.local_addr()?;
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+    let prometheus = fallacy::metrics::prometheus_builder()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     fallacy::metrics::describe();

@@ -4,8 +4,14 @@
 //! id or a client address. The data path takes counter handles once per connection and only
 //! does atomic adds per chunk.
 
-use metrics::{Counter, Gauge, counter, describe_counter, describe_gauge, gauge};
+use std::time::Duration;
 
+use metrics::{
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
+
+use crate::measure::{Cause, Outcome, abandon_labels};
 use crate::toxic::Direction;
 
 /// Connections accepted, per proxy.
@@ -22,6 +28,40 @@ pub const REQUESTS_TOTAL: &str = "fallacy_requests_total";
 pub const UPSTREAM_CONNECT_ERRORS_TOTAL: &str = "fallacy_upstream_connect_errors_total";
 /// Admin API requests, by outcome (the HTTP status class).
 pub const ADMIN_REQUESTS_TOTAL: &str = "fallacy_admin_requests_total";
+/// Upstream response times, to the head, without fallacy's delay.
+pub const UPSTREAM_RESPONSE_SECONDS: &str = "fallacy_upstream_response_seconds";
+/// Times from a request's head to its response head, as the client saw them.
+pub const CLIENT_OBSERVED_SECONDS: &str = "fallacy_client_observed_seconds";
+/// Delays fallacy planned before response heads.
+pub const INJECTED_DELAY_SECONDS: &str = "fallacy_injected_delay_seconds";
+/// Requests the client gave up on before the response head, by outcome and cause.
+pub const CLIENT_ABANDONED_TOTAL: &str = "fallacy_client_abandoned_total";
+/// Abandoned requests the upstream answered successfully.
+pub const TIMEOUT_FALSE_POSITIVE_TOTAL: &str = "fallacy_timeout_false_positive_total";
+/// Requests that repeated an earlier attempt.
+pub const RETRIES_TOTAL: &str = "fallacy_retries_total";
+/// Attempts per logical request.
+pub const REQUEST_ATTEMPTS: &str = "fallacy_request_attempts";
+/// Attempts per logical request over the last minute.
+pub const RETRY_AMPLIFICATION: &str = "fallacy_retry_amplification";
+
+/// Buckets of the `_seconds` histograms: 1 ms to 60 s, dense where timeouts usually sit.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0,
+    3.0, 5.0, 10.0, 30.0, 60.0,
+];
+/// Buckets of `request_attempts`.
+pub const ATTEMPTS_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 16.0];
+
+/// The Prometheus exporter as fallacy configures it: real histograms (not summaries) with
+/// [`SECONDS_BUCKETS`] and [`ATTEMPTS_BUCKETS`].
+pub fn prometheus_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REQUEST_ATTEMPTS.into()), ATTEMPTS_BUCKETS))
+        .expect("the bucket lists are constant and not empty")
+}
 
 /// Registers the help text of every metric. Call once after installing a recorder.
 pub fn describe() {
@@ -52,6 +92,49 @@ pub fn describe() {
         ADMIN_REQUESTS_TOTAL,
         "Admin API requests, by outcome (2xx, 4xx, 5xx)."
     );
+    describe_histogram!(
+        UPSTREAM_RESPONSE_SECONDS,
+        metrics::Unit::Seconds,
+        "HTTP: time from forwarding a request to the upstream's response head, without the \
+         delay fallacy injected (abandoned requests included, once the upstream answers)."
+    );
+    describe_histogram!(
+        CLIENT_OBSERVED_SECONDS,
+        metrics::Unit::Seconds,
+        "HTTP: time from a request's head to the response head fallacy sent, injected delays \
+         included: what the client saw."
+    );
+    describe_histogram!(
+        INJECTED_DELAY_SECONDS,
+        metrics::Unit::Seconds,
+        "HTTP: delay fallacy planned before a response head (http_delay), per delayed request."
+    );
+    describe_counter!(
+        CLIENT_ABANDONED_TOTAL,
+        "Requests the client gave up on (closed, reset, or reset its HTTP/2 stream) before the \
+         response head. outcome: what the upstream then did within abandon_grace \
+         (upstream_ok = a false timeout). cause=injected: the upstream alone would have \
+         answered before the client gave up, so fallacy's fault made it give up."
+    );
+    describe_counter!(
+        TIMEOUT_FALSE_POSITIVE_TOTAL,
+        "Abandoned requests that the upstream answered successfully: timeouts that were wrong."
+    );
+    describe_counter!(
+        RETRIES_TOTAL,
+        "Requests that were retries: an idempotency key seen within retry_window, or the same \
+         fingerprint after a failure that no success has followed."
+    );
+    describe_histogram!(
+        REQUEST_ATTEMPTS,
+        metrics::Unit::Count,
+        "Attempts per logical request, counted when it closes (a success, or retry_window \
+         without another attempt)."
+    );
+    describe_gauge!(
+        RETRY_AMPLIFICATION,
+        "Attempts per logical request over the last 60 s (1 without traffic)."
+    );
 }
 
 /// A proxy's metric handles, resolved once when the proxy is created so that a new connection
@@ -65,6 +148,22 @@ pub(crate) struct ProxyMetrics {
     connect_errors: Counter,
     /// HTTP proxies only: a TCP proxy shows no request series rather than a zero forever.
     requests: Option<Counter>,
+    /// HTTP proxies only, for the same reason.
+    measure: Option<Box<MeasureMetrics>>,
+}
+
+/// The handles of what clients did, for HTTP proxies.
+#[derive(Debug, Clone)]
+struct MeasureMetrics {
+    upstream_response: Histogram,
+    client_observed: Histogram,
+    injected_delay: Histogram,
+    /// By `measure::abandon_labels` order.
+    abandoned: Vec<Counter>,
+    false_positives: Counter,
+    retries: Counter,
+    attempts: Histogram,
+    amplification: Gauge,
 }
 
 impl ProxyMetrics {
@@ -77,6 +176,77 @@ impl ProxyMetrics {
             bytes_downstream: counter!(BYTES_TOTAL, "proxy" => p(), "direction" => "downstream"),
             connect_errors: counter!(UPSTREAM_CONNECT_ERRORS_TOTAL, "proxy" => p()),
             requests: http.then(|| counter!(REQUESTS_TOTAL, "proxy" => p())),
+            measure: http.then(|| {
+                let m = MeasureMetrics {
+                    upstream_response: histogram!(UPSTREAM_RESPONSE_SECONDS, "proxy" => p()),
+                    client_observed: histogram!(CLIENT_OBSERVED_SECONDS, "proxy" => p()),
+                    injected_delay: histogram!(INJECTED_DELAY_SECONDS, "proxy" => p()),
+                    abandoned: abandon_labels()
+                        .map(|(o, c)| {
+                            counter!(CLIENT_ABANDONED_TOTAL, "proxy" => p(),
+                                "outcome" => o.as_str(), "cause" => c.as_str())
+                        })
+                        .collect(),
+                    false_positives: counter!(TIMEOUT_FALSE_POSITIVE_TOTAL, "proxy" => p()),
+                    retries: counter!(RETRIES_TOTAL, "proxy" => p()),
+                    attempts: histogram!(REQUEST_ATTEMPTS, "proxy" => p()),
+                    amplification: gauge!(RETRY_AMPLIFICATION, "proxy" => p()),
+                };
+                // Present from the start, so a dashboard shows 0 rather than "no data".
+                for c in m.abandoned.iter().chain([&m.false_positives, &m.retries]) {
+                    c.increment(0);
+                }
+                m.amplification.set(1.0);
+                Box::new(m)
+            }),
+        }
+    }
+
+    pub(crate) fn upstream_response(&self, d: Duration) {
+        if let Some(m) = &self.measure {
+            m.upstream_response.record(d.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn client_observed(&self, d: Duration) {
+        if let Some(m) = &self.measure {
+            m.client_observed.record(d.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn injected_delay(&self, d: Duration) {
+        if let Some(m) = &self.measure {
+            m.injected_delay.record(d.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn abandoned(&self, outcome: Outcome, cause: Cause) {
+        if let Some(m) = &self.measure {
+            let i = abandon_labels()
+                .position(|l| l == (outcome, cause))
+                .unwrap_or_default();
+            m.abandoned[i].increment(1);
+            if outcome == Outcome::UpstreamOk {
+                m.false_positives.increment(1);
+            }
+        }
+    }
+
+    pub(crate) fn retry(&self) {
+        if let Some(m) = &self.measure {
+            m.retries.increment(1);
+        }
+    }
+
+    pub(crate) fn attempts(&self, attempts: u32) {
+        if let Some(m) = &self.measure {
+            m.attempts.record(f64::from(attempts));
+        }
+    }
+
+    pub(crate) fn amplification(&self, factor: f64) {
+        if let Some(m) = &self.measure {
+            m.amplification.set(factor);
         }
     }
 

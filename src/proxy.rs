@@ -22,6 +22,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::sync::watch;
 
+use crate::measure::{MeasureSettings, ProxyStats};
 use crate::metrics::ProxyMetrics;
 use crate::toxic::{Direction, ToxicSpec};
 
@@ -118,6 +119,9 @@ pub struct Link {
     connections: AtomicU64,
     settings: Arc<Settings>,
     metrics: ProxyMetrics,
+    /// abandon_grace, retry_window, idempotency headers: read per request.
+    measure: ArcSwap<MeasureSettings>,
+    stats: ProxyStats,
 }
 
 impl Link {
@@ -134,6 +138,8 @@ impl Link {
             connections: AtomicU64::new(0),
             settings,
             metrics: ProxyMetrics::new(name, protocol == Protocol::Http),
+            measure: ArcSwap::from_pointee(MeasureSettings::default()),
+            stats: ProxyStats::default(),
         }
     }
 
@@ -195,12 +201,32 @@ impl Link {
         self.generation.subscribe()
     }
 
+    /// The measurement settings requests use now.
+    pub fn measure(&self) -> arc_swap::Guard<Arc<MeasureSettings>> {
+        self.measure.load()
+    }
+
+    /// Replaces the measurement settings, for the next requests.
+    pub fn set_measure(&self, settings: MeasureSettings) {
+        self.measure.store(Arc::new(settings));
+    }
+
+    /// The live figures of what clients did.
+    pub fn stats(&self) -> &ProxyStats {
+        &self.stats
+    }
+
     pub(crate) fn metrics(&self) -> &ProxyMetrics {
         &self.metrics
     }
 
     pub(crate) fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Connections accepted so far.
+    pub fn connections_total(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Numbers connections from 1, for logs and for seeding.

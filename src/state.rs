@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+use crate::measure::{MeasurePatch, MeasureSettings};
 use crate::proxy::{Link, Protocol, Settings, check_rewrite_host, listener};
 use crate::toxic::{AttrError, Direction, Envelope, EnvelopeError, ToxicPatch, ToxicSpec};
 
@@ -77,6 +78,8 @@ pub struct NewProxy {
     pub fault_header: bool,
     /// HTTP: the `Host` forwarded requests carry instead of the client's.
     pub rewrite_host: Option<String>,
+    /// abandon_grace, retry_window, idempotency headers; unset ones keep their defaults.
+    pub measure: MeasurePatch,
 }
 
 /// A partial update of a proxy; `None` keeps the current value.
@@ -94,6 +97,8 @@ pub struct ProxyPatch {
     pub fault_header: Option<bool>,
     /// HTTP: a new `Host` for forwarded requests; `""` goes back to the client's.
     pub rewrite_host: Option<String>,
+    /// Measurement settings to change.
+    pub measure: MeasurePatch,
 }
 
 /// A read-only copy of a proxy, for the API.
@@ -113,6 +118,8 @@ pub struct ProxyView {
     pub fault_header: bool,
     /// HTTP: the `Host` forwarded requests carry, when set.
     pub rewrite_host: Option<String>,
+    /// abandon_grace, retry_window, idempotency headers.
+    pub measure: MeasureSettings,
     /// Upstream toxics first, then downstream, each in creation order.
     pub toxics: Vec<Arc<ToxicSpec>>,
 }
@@ -242,6 +249,7 @@ impl Store {
         ));
         link.set_fault_header(new.fault_header);
         link.set_rewrite_host(rewrite_host);
+        link.set_measure(new.measure.apply(&MeasureSettings::default()));
         let toxics: Vec<Arc<ToxicSpec>> = toxics.into_iter().map(Arc::new).collect();
         link.set_toxics(toxics.clone());
         let mut entry = Entry {
@@ -317,7 +325,26 @@ impl Store {
         if let Some(host) = rewrite_host {
             entry.link.set_rewrite_host(host);
         }
+        if patch.measure != MeasurePatch::default() {
+            let measure = patch.measure.apply(&entry.link.measure());
+            entry.link.set_measure(measure);
+        }
         Ok(view(name, entry))
+    }
+
+    /// A proxy's link, for its live figures.
+    pub async fn link(&self, name: &str) -> Result<Arc<Link>, Error> {
+        let proxies = self.inner.proxies.lock().await;
+        proxies
+            .get(name)
+            .map(|e| e.link.clone())
+            .ok_or(Error::ProxyNotFound)
+    }
+
+    /// Every proxy's link.
+    pub async fn links(&self) -> Vec<Arc<Link>> {
+        let proxies = self.inner.proxies.lock().await;
+        proxies.values().map(|e| e.link.clone()).collect()
     }
 
     /// Deletes a proxy, closing its listener and connections.
@@ -517,6 +544,7 @@ fn view(name: &str, entry: &Entry) -> ProxyView {
         protocol: entry.link.protocol(),
         fault_header: entry.link.fault_header(),
         rewrite_host: entry.link.rewrite_host().map(|h| h.to_string()),
+        measure: MeasureSettings::clone(&entry.link.measure()),
         toxics,
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fallacy::Server;
 use fallacy::config::Config;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use support::{Echo, assert_closed, connect, dead_addr, round_trip};
 use tokio::net::TcpListener;
@@ -19,7 +19,7 @@ fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let handle = PrometheusBuilder::new().install_recorder().unwrap();
+            let handle = fallacy::metrics::prometheus_builder().install_recorder().unwrap();
             fallacy::metrics::describe();
             handle
         })
@@ -259,4 +259,106 @@ async fn http_proxies_count_requests_and_body_bytes() {
         !text.contains(r#"fallacy_requests_total{proxy="tcp-no-requests"}"#),
         "{text}"
     );
+}
+
+/// The measurement metrics of an HTTP proxy, exactly: one false timeout caused by an injected
+/// delay, one retry after an injected 503, the attempts of the logical request it made, the
+/// amplification, and real histograms (buckets, not summaries).
+#[tokio::test]
+async fn http_measurement_metrics_count_what_clients_did() {
+    let f = Running::start().await;
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/echo",
+            axum::routing::post(|body: axum::body::Bytes| async move { body }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(support::SERVER_LIFETIME, axum::serve(listener, app)).await;
+    });
+    let p = f
+        .post(
+            "/proxies",
+            json!({"name": "web-measure", "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"}),
+        )
+        .await;
+    let base = format!("http://{}", p["listen"].as_str().unwrap());
+    let series = |name: &str, labels: &str| format!("{name}{{proxy=\"web-measure\"{labels}}}");
+    // Present at 0 before anything happened.
+    f.expect(&series("fallacy_timeout_false_positive_total", ""), 0.0)
+        .await;
+    f.expect(&series("fallacy_retry_amplification", ""), 1.0).await;
+
+    f.post(
+        "/proxies/web-measure/toxics",
+        json!({"name": "slow", "type": "http_delay", "attributes": {"latency": 300}, "match": {"method": "GET"}}),
+    )
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert!(impatient.get(&base).send().await.unwrap_err().is_timeout());
+    f.expect(
+        &series(
+            "fallacy_client_abandoned_total",
+            ",outcome=\"upstream_ok\",cause=\"injected\"",
+        ),
+        1.0,
+    )
+    .await;
+    f.expect(&series("fallacy_timeout_false_positive_total", ""), 1.0)
+        .await;
+
+    f.post(
+        "/proxies/web-measure/toxics",
+        json!({"name": "down", "type": "http_abort", "attributes": {"status": 503}, "match": {"method": "POST"}}),
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let post = || c.post(format!("{base}/echo")).body("order 1").send();
+    assert_eq!(post().await.unwrap().status(), 503);
+    let _ = f
+        .http
+        .delete(format!("http://{}/proxies/web-measure/toxics/down", f.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post().await.unwrap().status(), 200);
+    f.expect(&series("fallacy_retries_total", ""), 1.0).await;
+    // The abandoned GET (its own logical request, closed by the window later) and the POST:
+    // one logical request of two attempts, closed by its success.
+    f.expect(&series("fallacy_request_attempts_bucket", ",le=\"2\""), 1.0)
+        .await;
+    f.expect(&series("fallacy_request_attempts_bucket", ",le=\"1\""), 0.0)
+        .await;
+    // Three attempts, two logical requests in the window.
+    f.expect(&series("fallacy_retry_amplification", ""), 1.5).await;
+    // The two answered requests (503 and 200) and the upstream's answers, in real buckets.
+    f.expect(&series("fallacy_client_observed_seconds_count", ""), 2.0)
+        .await;
+    f.expect(&series("fallacy_upstream_response_seconds_count", ""), 2.0)
+        .await;
+    f.expect(&series("fallacy_injected_delay_seconds_bucket", ",le=\"0.3\""), 1.0)
+        .await;
+    f.expect(&series("fallacy_injected_delay_seconds_bucket", ",le=\"0.2\""), 0.0)
+        .await;
+    let text = f.scrape().await;
+    for name in [
+        "fallacy_upstream_response_seconds",
+        "fallacy_client_observed_seconds",
+        "fallacy_injected_delay_seconds",
+        "fallacy_client_abandoned_total",
+        "fallacy_timeout_false_positive_total",
+        "fallacy_retries_total",
+        "fallacy_request_attempts",
+        "fallacy_retry_amplification",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}:\n{text}"
+        );
+    }
 }

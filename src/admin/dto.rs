@@ -11,7 +11,9 @@ use super::Error;
 use crate::state::{NewProxy, ProxyPatch, ProxyView};
 use crate::toxic::{ToxicSpec, decode_object};
 
+use crate::measure::{MeasurePatch, MeasureSettings};
 use crate::proxy::{DEFAULT_LISTEN, Protocol};
+use crate::units::format_duration;
 
 /// A proxy as the API shows it. Deliberately no `Logger` field (Toxiproxy leaks one).
 #[derive(Debug, Serialize)]
@@ -27,12 +29,29 @@ pub struct ProxyOut {
     fault_header: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rewrite_host: Option<String>,
+    /// The measurement settings, on HTTP proxies and wherever they differ from the defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    abandon_grace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_window: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_headers: Option<Vec<String>>,
     toxics: Vec<Arc<ToxicSpec>>,
 }
 
 impl From<ProxyView> for ProxyOut {
     fn from(v: ProxyView) -> ProxyOut {
+        let http = v.protocol == Protocol::Http;
+        let defaults = MeasureSettings::default();
+        let m = &v.measure;
+        let show = |differs: bool| http || differs;
         ProxyOut {
+            abandon_grace: show(m.abandon_grace != defaults.abandon_grace)
+                .then(|| format_duration(m.abandon_grace)),
+            retry_window: show(m.retry_window != defaults.retry_window)
+                .then(|| format_duration(m.retry_window)),
+            idempotency_headers: show(m.idempotency_headers != defaults.idempotency_headers)
+                .then(|| m.idempotency_headers.iter().map(|h| h.to_string()).collect()),
             name: v.name,
             listen: v.listen,
             upstream: v.upstream,
@@ -63,6 +82,12 @@ pub struct ProxyIn {
     fault_header: Option<bool>,
     #[serde(default)]
     rewrite_host: Option<String>,
+    #[serde(default)]
+    abandon_grace: Option<Value>,
+    #[serde(default)]
+    retry_window: Option<Value>,
+    #[serde(default)]
+    idempotency_headers: Option<Value>,
 }
 
 impl ProxyIn {
@@ -75,6 +100,7 @@ impl ProxyIn {
     /// the store to report by name.
     pub fn into_new(self) -> Result<NewProxy, Error> {
         let protocol = self.protocol()?.unwrap_or_default();
+        let measure = self.measure()?;
         Ok(NewProxy {
             name: self.name.unwrap_or_default(),
             listen: self
@@ -85,8 +111,25 @@ impl ProxyIn {
             enabled: self.enabled.unwrap_or(true),
             protocol,
             fault_header: self.fault_header.unwrap_or(true),
+            measure,
             rewrite_host: self.rewrite_host,
         })
+    }
+
+    fn measure(&self) -> Result<MeasurePatch, Error> {
+        let mut patch = MeasurePatch::default();
+        for (key, value) in [
+            ("abandon_grace", &self.abandon_grace),
+            ("retry_window", &self.retry_window),
+            ("idempotency_headers", &self.idempotency_headers),
+        ] {
+            if let Some(v) = value.as_ref().filter(|v| !v.is_null()) {
+                patch
+                    .set(key, v)
+                    .map_err(|m| Error::BadBody(format!("{key}: {m}")))?;
+            }
+        }
+        Ok(patch)
     }
 
     fn protocol(&self) -> Result<Option<Protocol>, Error> {
@@ -98,7 +141,9 @@ impl ProxyIn {
 
     /// As a partial update.
     pub fn into_patch(self) -> Result<ProxyPatch, Error> {
+        let measure = self.measure()?;
         Ok(ProxyPatch {
+            measure,
             protocol: self.protocol()?,
             listen: self.listen,
             upstream: self.upstream,

@@ -24,7 +24,10 @@ pub enum Error {
     /// A known route with another method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    /// Too few samples or a bad query (used by extensions).
+    /// A query parameter is missing or wrong.
+    #[error("bad query: {0}")]
+    BadQuery(String),
+    /// Too few samples (used by extensions).
     #[error("{0}")]
     Unprocessable(String),
 }
@@ -38,7 +41,7 @@ impl Error {
                 StatusCode::NOT_FOUND
             }
             Error::Store(S::ProxyExists | S::ToxicExists) => StatusCode::CONFLICT,
-            Error::Store(S::MissingField(_) | S::Envelope(_) | S::Attr(_)) | Error::BadBody(_) => {
+            Error::Store(S::MissingField(_) | S::Envelope(_) | S::Attr(_)) | Error::BadBody(_) | Error::BadQuery(_) => {
                 StatusCode::BAD_REQUEST
             }
             Error::Store(S::Listen { .. }) => StatusCode::INTERNAL_SERVER_ERROR,

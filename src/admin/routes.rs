@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::dto::{ProxyIn, ProxyOut, parse_body};
 use super::{AdminState, Error};
+use crate::measure::advice::NoAdvice;
 use crate::state;
 use crate::toxic::{Envelope, ToxicPatch, ToxicSpec};
 
@@ -147,7 +148,44 @@ pub(super) async fn version() -> Json<Value> {
     Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
 }
 
+pub(super) async fn proxy_stats(State(st): S, Path(proxy): Path<String>) -> Result<Json<Value>> {
+    let link = st.store.link(&proxy).await?;
+    Ok(Json(crate::measure::stats_json(&link)))
+}
+
+/// `?false_timeout_rate=R`, R strictly between 0 and 1.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct AdviceQuery {
+    false_timeout_rate: Option<String>,
+}
+
+pub(super) async fn proxy_timeout_advice(
+    State(st): S,
+    Path(proxy): Path<String>,
+    Query(query): Query<AdviceQuery>,
+) -> Result<Json<Value>> {
+    let link = st.store.link(&proxy).await?;
+    let Some(raw) = query.false_timeout_rate else {
+        return Err(Error::BadQuery(
+            "false_timeout_rate is required, e.g. ?false_timeout_rate=0.001".into(),
+        ));
+    };
+    let rate: f64 = raw.trim().parse().map_err(|_| {
+        Error::BadQuery(format!("false_timeout_rate: {raw:?} is not a number"))
+    })?;
+    crate::measure::advice_json(&link, rate)
+        .map(Json)
+        .map_err(|e| match e {
+            NoAdvice::BadRate(_) => Error::BadQuery(e.to_string()),
+            NoAdvice::NotEnoughData { .. } => Error::Unprocessable(e.to_string()),
+        })
+}
+
 pub(super) async fn metrics(State(st): S) -> Response {
+    // Amplification and closed logical requests are brought up to date before the scrape.
+    for link in st.store.links().await {
+        crate::measure::ProxyStats::refresh(&link);
+    }
     let text = st.prometheus.as_ref().map_or_else(String::new, |handle| {
         handle.run_upkeep();
         handle.render()

@@ -1,0 +1,170 @@
+//! A lock-free latency histogram with about 1.6 % resolution from 1 µs to days.
+//!
+//! Prometheus histograms have a dozen fixed buckets: fine for a dashboard, too coarse to say
+//! which timeout keeps false alarms under 0.1 %. This one keeps 64 linear sub-buckets per power
+//! of two (an HDR layout), so any quantile is known to within 1/64 of its value, and recording
+//! is one atomic add, safe from every connection at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Sub-buckets per power of two, and the count of exact buckets below the first power.
+const SUB: u64 = 64;
+const SUB_BITS: u32 = 6;
+/// Powers of two kept above the exact range: 2^6 µs .. 2^46 µs (about 2.2 years).
+const POWERS: u64 = 40;
+const BUCKETS: usize = (SUB + POWERS * SUB) as usize;
+
+/// Counts of durations in microseconds.
+pub struct LogHistogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+}
+
+impl std::fmt::Debug for LogHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHistogram")
+            .field("count", &self.count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LogHistogram {
+    fn default() -> Self {
+        LogHistogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+fn index(micros: u64) -> usize {
+    if micros < SUB {
+        return micros as usize;
+    }
+    let power = u64::from(63 - micros.leading_zeros()); // >= SUB_BITS
+    let shift = power - u64::from(SUB_BITS);
+    let sub = (micros >> shift) - SUB; // 0..SUB
+    let i = SUB + shift * SUB + sub;
+    (i as usize).min(BUCKETS - 1)
+}
+
+/// The largest value (µs) that lands in bucket `i`.
+fn upper(i: usize) -> u64 {
+    let i = i as u64;
+    if i < SUB {
+        return i;
+    }
+    let shift = (i - SUB) / SUB;
+    let sub = (i - SUB) % SUB;
+    ((SUB + sub + 1) << shift) - 1
+}
+
+impl LogHistogram {
+    /// Counts one duration.
+    pub fn record(&self, d: Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[index(micros)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many durations were counted.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// A consistent-enough copy for a computation: bucket counts and their total.
+    pub fn snapshot(&self) -> Snapshot {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total = counts.iter().sum();
+        Snapshot { counts, total }
+    }
+
+    /// Forgets everything counted.
+    pub fn clear(&self) {
+        for b in self.buckets.iter() {
+            b.store(0, Ordering::Relaxed);
+        }
+        self.count.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A frozen copy of a [`LogHistogram`].
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Snapshot {
+    /// Samples in the copy.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The `rank`-th smallest sample (1-based), rounded up to its bucket's upper edge so that a
+    /// timeout set to it is never shorter than the sample. `None` when `rank` is out of range.
+    pub fn at_rank(&self, rank: u64) -> Option<Duration> {
+        if rank == 0 || rank > self.total {
+            return None;
+        }
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Duration::from_micros(upper(i)));
+            }
+        }
+        None
+    }
+
+    /// The `q` quantile (0..=1) by the nearest-rank method; `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
+        self.at_rank(rank)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_lands_in_a_bucket_whose_upper_edge_is_within_one_sixty_fourth() {
+        for v in (0..5000u64).chain((0..40).map(|p| 1u64 << p)).chain([u64::MAX / 4]) {
+            let i = index(v);
+            let up = upper(i);
+            if i == BUCKETS - 1 {
+                // Beyond two years: clamped into the last bucket.
+                continue;
+            }
+            assert!(up >= v, "value {v}: upper {up}");
+            if i > 0 {
+                assert!(upper(i - 1) < v, "value {v} belongs to an earlier bucket");
+            }
+            if v >= SUB {
+                assert!((up - v) as f64 <= v as f64 / 64.0, "value {v}: upper {up}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantiles_follow_nearest_rank() {
+        let h = LogHistogram::default();
+        for ms in 1..=100 {
+            h.record(Duration::from_millis(ms));
+        }
+        let s = h.snapshot();
+        assert_eq!(s.total(), 100);
+        let p99 = s.quantile(0.99).unwrap();
+        assert!(p99 >= Duration::from_millis(99) && p99 < Duration::from_micros(99 * 1000 + 1600));
+        assert!(s.quantile(0.0).unwrap() >= Duration::from_millis(1));
+        assert_eq!(s.at_rank(101), None);
+        h.clear();
+        assert_eq!(h.snapshot().quantile(0.5), None);
+    }
+}
