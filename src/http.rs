@@ -444,7 +444,10 @@ impl Conn {
                     if let Some(client_side) = client_upgrade {
                         let upstream_side = hyper::upgrade::on(&mut response);
                         self.tunnel(client_side, upstream_side);
-                        return (response.map(|b| b.map_err(box_error).boxed_unsync()), result);
+                        return (
+                            response.map(|b| b.map_err(box_error).boxed_unsync()),
+                            result,
+                        );
                     }
                 }
                 let (mut parts, body) = response.into_parts();

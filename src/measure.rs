@@ -104,7 +104,9 @@ impl MeasurePatch {
             }
             "idempotency_headers" => {
                 let Value::Array(list) = value else {
-                    return Err("must be an array of header names, e.g. [\"idempotency-key\"]".into());
+                    return Err(
+                        "must be an array of header names, e.g. [\"idempotency-key\"]".into(),
+                    );
                 };
                 if list.len() > MAX_IDEMPOTENCY_HEADERS {
                     return Err(format!("at most {MAX_IDEMPOTENCY_HEADERS} headers"));
@@ -125,7 +127,9 @@ impl MeasurePatch {
     }
 
     /// Reads every key of [`MeasurePatch::KEYS`] present in `map`; errors name the key.
-    pub fn from_map(map: &serde_json::Map<String, Value>) -> Result<MeasurePatch, (String, String)> {
+    pub fn from_map(
+        map: &serde_json::Map<String, Value>,
+    ) -> Result<MeasurePatch, (String, String)> {
         let mut patch = MeasurePatch::default();
         for key in Self::KEYS {
             match map.get(key) {
@@ -154,9 +158,17 @@ fn duration(value: &Value, max: Duration) -> Result<Duration, String> {
         Value::String(s) => crate::units::parse_duration(s)?,
         Value::Number(n) => match n.as_u64() {
             Some(ms) => Duration::from_millis(ms),
-            None => return Err(format!("{n} is not a whole, non-negative number of milliseconds")),
+            None => {
+                return Err(format!(
+                    "{n} is not a whole, non-negative number of milliseconds"
+                ));
+            }
         },
-        other => return Err(format!("{other} is not a duration: write \"30s\" or a number of milliseconds")),
+        other => {
+            return Err(format!(
+                "{other} is not a duration: write \"30s\" or a number of milliseconds"
+            ));
+        }
     };
     if d > max {
         return Err(format!(
@@ -188,7 +200,11 @@ impl Outcome {
             Outcome::UpstreamPending => "upstream_pending",
         }
     }
-    const ALL: [Outcome; 3] = [Outcome::UpstreamOk, Outcome::UpstreamError, Outcome::UpstreamPending];
+    const ALL: [Outcome; 3] = [
+        Outcome::UpstreamOk,
+        Outcome::UpstreamError,
+        Outcome::UpstreamPending,
+    ];
 }
 
 /// What made an abandoned request slow.
@@ -323,9 +339,7 @@ pub fn stats_json(link: &Link) -> Value {
     };
     let mut abandoned = serde_json::Map::new();
     for (o, c, n) in &counts.abandoned {
-        let entry = abandoned
-            .entry(o.as_str())
-            .or_insert_with(|| json!({}));
+        let entry = abandoned.entry(o.as_str()).or_insert_with(|| json!({}));
         entry[c.as_str()] = json!(n);
     }
     let abandoned_total: u64 = counts.abandoned.iter().map(|(_, _, n)| n).sum();
@@ -370,13 +384,15 @@ pub fn advice_json(link: &Link, rate: f64) -> Result<Value, advice::NoAdvice> {
     let stats = link.stats();
     let a = advice::advise(&stats.client.snapshot(), rate)?;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let upstream_only = advice::advise(&stats.upstream.snapshot(), rate).ok().map(|u| {
-        json!({
-            "timeout_ms": ms(u.timeout),
-            "timeout_ms_at_confidence": ms(u.timeout_at_confidence),
-            "samples": u.samples,
-        })
-    });
+    let upstream_only = advice::advise(&stats.upstream.snapshot(), rate)
+        .ok()
+        .map(|u| {
+            json!({
+                "timeout_ms": ms(u.timeout),
+                "timeout_ms_at_confidence": ms(u.timeout_at_confidence),
+                "samples": u.samples,
+            })
+        });
     Ok(json!({
         "proxy": link.name(),
         "false_timeout_rate": rate,
@@ -448,7 +464,11 @@ impl RequestId<'_> {
             .map(|v| v.as_bytes())
             .or_else(|| self.parts.uri.authority().map(|a| a.as_str().as_bytes()));
         authority.hash(&mut h);
-        self.parts.uri.path_and_query().map(|p| p.as_str()).hash(&mut h);
+        self.parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .hash(&mut h);
         Fingerprint::Hash(h.finish())
     }
 }
@@ -484,7 +504,11 @@ impl BodyHasher {
 
     /// The hash so far (0 for an empty body).
     pub fn value(&self) -> u64 {
-        if self.fed == 0 { 0 } else { self.hasher.finish() }
+        if self.fed == 0 {
+            0
+        } else {
+            self.hasher.finish()
+        }
     }
 
     /// Whether it has all the bytes it takes.
@@ -514,7 +538,12 @@ impl BodyHashCell {
 impl<T: Send + 'static> Exchange<T> {
     /// Starts measuring a request that arrived at `start`, which fallacy will delay by
     /// `injected` before its response head.
-    pub fn new(link: Arc<Link>, start: Instant, injected: Duration, fingerprint: Fingerprint) -> Self {
+    pub fn new(
+        link: Arc<Link>,
+        start: Instant,
+        injected: Duration,
+        fingerprint: Fingerprint,
+    ) -> Self {
         link.stats().requests.fetch_add(1, Ordering::Relaxed);
         if !injected.is_zero() {
             link.metrics().injected_delay(injected);
@@ -630,11 +659,20 @@ fn abandoned(link: &Link, outcome: Outcome, cause: Cause, would_have_taken: Opti
         // leaving it out would hide exactly the slow successes a timeout cuts off.
         stats.client.record(d);
     }
-    tracing::debug!(proxy = link.name(), outcome = outcome.as_str(), cause = cause.as_str(), "client abandoned a request");
+    tracing::debug!(
+        proxy = link.name(),
+        outcome = outcome.as_str(),
+        cause = cause.as_str(),
+        "client abandoned a request"
+    );
 }
 
 /// What an abandonment was, once the upstream's result is known (or not).
-fn classify(upstream: Option<UpstreamResult>, at: Duration, injected: Duration) -> (Outcome, Cause, Option<Duration>) {
+fn classify(
+    upstream: Option<UpstreamResult>,
+    at: Duration,
+    injected: Duration,
+) -> (Outcome, Cause, Option<Duration>) {
     match upstream {
         None => (Outcome::UpstreamPending, Cause::Upstream, None),
         Some(u) => {
@@ -708,16 +746,51 @@ mod tests {
         let s = p.apply(&MeasureSettings::default());
         assert_eq!(s.abandon_grace, Duration::from_secs(5));
         assert_eq!(s.retry_window, Duration::from_millis(2500));
-        assert_eq!(s.idempotency_headers, vec![HeaderName::from_static("x-key")]);
+        assert_eq!(
+            s.idempotency_headers,
+            vec![HeaderName::from_static("x-key")]
+        );
         for (body, key, words) in [
-            (serde_json::json!({"abandon_grace": "11m"}), "abandon_grace", "at most 600s"),
-            (serde_json::json!({"abandon_grace": -1}), "abandon_grace", "non-negative"),
-            (serde_json::json!({"abandon_grace": "5"}), "abandon_grace", "no unit"),
-            (serde_json::json!({"retry_window": "0s"}), "retry_window", "more than 0"),
-            (serde_json::json!({"retry_window": true}), "retry_window", "not a duration"),
-            (serde_json::json!({"idempotency_headers": "x"}), "idempotency_headers", "array"),
-            (serde_json::json!({"idempotency_headers": ["bad header"]}), "idempotency_headers", "not a valid header name"),
-            (serde_json::json!({"idempotency_headers": [1]}), "idempotency_headers", "not a header name"),
+            (
+                serde_json::json!({"abandon_grace": "11m"}),
+                "abandon_grace",
+                "at most 600s",
+            ),
+            (
+                serde_json::json!({"abandon_grace": -1}),
+                "abandon_grace",
+                "non-negative",
+            ),
+            (
+                serde_json::json!({"abandon_grace": "5"}),
+                "abandon_grace",
+                "no unit",
+            ),
+            (
+                serde_json::json!({"retry_window": "0s"}),
+                "retry_window",
+                "more than 0",
+            ),
+            (
+                serde_json::json!({"retry_window": true}),
+                "retry_window",
+                "not a duration",
+            ),
+            (
+                serde_json::json!({"idempotency_headers": "x"}),
+                "idempotency_headers",
+                "array",
+            ),
+            (
+                serde_json::json!({"idempotency_headers": ["bad header"]}),
+                "idempotency_headers",
+                "not a valid header name",
+            ),
+            (
+                serde_json::json!({"idempotency_headers": [1]}),
+                "idempotency_headers",
+                "not a header name",
+            ),
         ] {
             let (k, m) = MeasurePatch::from_map(&map(body)).unwrap_err();
             assert_eq!(k, key);
@@ -728,22 +801,42 @@ mod tests {
     #[test]
     fn the_cause_is_injected_only_when_the_upstream_alone_was_fast_enough() {
         let ms = Duration::from_millis;
-        let ok = |e| Some(UpstreamResult { elapsed: ms(e), ok: true });
+        let ok = |e| {
+            Some(UpstreamResult {
+                elapsed: ms(e),
+                ok: true,
+            })
+        };
         // Client gave up at 100 ms; fallacy added 200 ms; the upstream took 30 ms.
-        assert_eq!(classify(ok(30), ms(100), ms(200)), (Outcome::UpstreamOk, Cause::Injected, Some(ms(230))));
+        assert_eq!(
+            classify(ok(30), ms(100), ms(200)),
+            (Outcome::UpstreamOk, Cause::Injected, Some(ms(230)))
+        );
         // The upstream took 150 ms by itself: the timeout would have fired anyway.
         assert_eq!(classify(ok(150), ms(100), ms(200)).1, Cause::Upstream);
         // No delay was injected.
         assert_eq!(classify(ok(30), ms(100), ms(0)).1, Cause::Upstream);
-        let err = Some(UpstreamResult { elapsed: ms(5), ok: false });
-        assert_eq!(classify(err, ms(100), ms(200)), (Outcome::UpstreamError, Cause::Injected, None));
-        assert_eq!(classify(None, ms(100), ms(200)), (Outcome::UpstreamPending, Cause::Upstream, None));
+        let err = Some(UpstreamResult {
+            elapsed: ms(5),
+            ok: false,
+        });
+        assert_eq!(
+            classify(err, ms(100), ms(200)),
+            (Outcome::UpstreamError, Cause::Injected, None)
+        );
+        assert_eq!(
+            classify(None, ms(100), ms(200)),
+            (Outcome::UpstreamPending, Cause::Upstream, None)
+        );
     }
 
     #[test]
     fn fingerprints_prefer_keys_then_hash_everything_that_names_the_request() {
         let parts = |uri: &str, key: Option<&str>| {
-            let mut b = http::Request::builder().method("POST").uri(uri).header("host", "svc");
+            let mut b = http::Request::builder()
+                .method("POST")
+                .uri(uri)
+                .header("host", "svc");
             if let Some(k) = key {
                 b = b.header("idempotency-key", k);
             }
@@ -757,15 +850,27 @@ mod tests {
         let a = parts("/orders?x=1", None);
         assert_eq!(fp(&a, 1), fp(&parts("/orders?x=1", None), 1));
         assert_ne!(fp(&a, 1), fp(&a, 2), "the body counts");
-        assert_ne!(fp(&a, 1), fp(&parts("/orders?x=2", None), 1), "the query counts");
+        assert_ne!(
+            fp(&a, 1),
+            fp(&parts("/orders?x=2", None), 1),
+            "the query counts"
+        );
         let other_ip = with_body(
-            RequestId { peer: "127.0.0.2".parse().unwrap(), parts: &a }.fingerprint(&headers),
+            RequestId {
+                peer: "127.0.0.2".parse().unwrap(),
+                parts: &a,
+            }
+            .fingerprint(&headers),
             1,
         );
         assert_ne!(fp(&a, 1), other_ip, "the client counts");
         let k = parts("/orders", Some("abc"));
         assert_eq!(fp(&k, 1), Fingerprint::Key("idempotency-key: abc".into()));
-        assert_eq!(fp(&k, 1), fp(&parts("/other", Some("abc")), 9), "a key wins over everything");
+        assert_eq!(
+            fp(&k, 1),
+            fp(&parts("/other", Some("abc")), 9),
+            "a key wins over everything"
+        );
     }
 
     #[test]
@@ -780,7 +885,7 @@ mod tests {
         b.feed(b"tail two");
         assert_eq!(a.value(), b.value());
         let mut c = BodyHasher::default();
-        c.feed(&vec![2u8; 10]);
+        c.feed(&[2u8; 10]);
         assert_ne!(a.value(), c.value());
     }
 }

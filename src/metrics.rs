@@ -59,7 +59,9 @@ pub fn prometheus_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REQUEST_ATTEMPTS.into()), ATTEMPTS_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(REQUEST_ATTEMPTS.into()), ATTEMPTS_BUCKETS)
+        })
         .expect("the bucket lists are constant and not empty")
 }
 

@@ -100,20 +100,47 @@ async fn abandoned_requests_count_by_what_the_upstream_did_and_what_made_them_sl
     f.toxic("web", json!({"name": "slow", "type": "http_delay", "attributes": {"latency": 300}, "match": {"path": "/slow"}}))
         .await;
     for _ in 0..3 {
-        assert!(c.get(format!("{base}/slow?ms=1")).send().await.unwrap_err().is_timeout());
+        assert!(
+            c.get(format!("{base}/slow?ms=1"))
+                .send()
+                .await
+                .unwrap_err()
+                .is_timeout()
+        );
     }
     f.call("DELETE", "/proxies/web/toxics/slow", None).await;
     // A slow upstream by itself, answering 200 at 250 ms: a false timeout of its own making.
-    assert!(c.get(format!("{base}/slow?ms=250")).send().await.unwrap_err().is_timeout());
+    assert!(
+        c.get(format!("{base}/slow?ms=250"))
+            .send()
+            .await
+            .unwrap_err()
+            .is_timeout()
+    );
     // A slow upstream that fails: the timeout was right.
-    assert!(c.get(format!("{base}/fail?ms=250")).send().await.unwrap_err().is_timeout());
+    assert!(
+        c.get(format!("{base}/fail?ms=250"))
+            .send()
+            .await
+            .unwrap_err()
+            .is_timeout()
+    );
     // An upstream slower than abandon_grace: nobody knows.
-    assert!(c.get(format!("{base}/slow?ms=2000")).send().await.unwrap_err().is_timeout());
+    assert!(
+        c.get(format!("{base}/slow?ms=2000"))
+            .send()
+            .await
+            .unwrap_err()
+            .is_timeout()
+    );
     // A patient request is no abandonment.
     let ok = reqwest::get(format!("{base}/slow?ms=1")).await.unwrap();
     assert_eq!(ok.status(), 200);
 
-    let s = stats_when(&f, |s| s["requests"]["abandoned"] == 6 && abandoned(s, "upstream_pending", "upstream") == 1).await;
+    let s = stats_when(&f, |s| {
+        s["requests"]["abandoned"] == 6 && abandoned(s, "upstream_pending", "upstream") == 1
+    })
+    .await;
     assert_eq!(abandoned(&s, "upstream_ok", "injected"), 3, "{s:#}");
     assert_eq!(abandoned(&s, "upstream_ok", "upstream"), 1, "{s:#}");
     assert_eq!(abandoned(&s, "upstream_error", "upstream"), 1, "{s:#}");
@@ -132,11 +159,24 @@ async fn abandoned_requests_count_by_what_the_upstream_did_and_what_made_them_sl
 #[tokio::test]
 async fn an_injected_answer_that_the_client_abandons_counts_as_an_injected_error() {
     let (f, base) = setup(json!({})).await;
-    f.toxic("web", json!({"type": "http_abort", "attributes": {"status": 503}}))
-        .await;
-    f.toxic("web", json!({"type": "http_delay", "attributes": {"latency": 300, "phase": "request"}}))
-        .await;
-    assert!(impatient().get(format!("{base}/slow")).send().await.unwrap_err().is_timeout());
+    f.toxic(
+        "web",
+        json!({"type": "http_abort", "attributes": {"status": 503}}),
+    )
+    .await;
+    f.toxic(
+        "web",
+        json!({"type": "http_delay", "attributes": {"latency": 300, "phase": "request"}}),
+    )
+    .await;
+    assert!(
+        impatient()
+            .get(format!("{base}/slow"))
+            .send()
+            .await
+            .unwrap_err()
+            .is_timeout()
+    );
     let s = stats_when(&f, |s| s["requests"]["abandoned"] == 1).await;
     assert_eq!(abandoned(&s, "upstream_error", "injected"), 1, "{s:#}");
     assert_eq!(s["timeout_false_positives"], 0);
@@ -182,15 +222,25 @@ print(retries)
         .output()
         .await
         .expect("python3 runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let client_retries: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    assert!(client_retries > 5, "the fault should have caused retries: {client_retries}");
+    assert!(
+        client_retries > 5,
+        "the fault should have caused retries: {client_retries}"
+    );
     let s = stats(&f).await;
     assert_eq!(s["retries"]["total"], client_retries, "{s:#}");
     assert_eq!(s["requests"]["total"], 60 + client_retries, "{s:#}");
     let amplification = s["retries"]["amplification"].as_f64().unwrap();
     let expected = (60 + client_retries) as f64 / 60.0;
-    assert!((amplification - expected).abs() < 1e-9, "{amplification} vs {expected}");
+    assert!(
+        (amplification - expected).abs() < 1e-9,
+        "{amplification} vs {expected}"
+    );
 }
 
 #[tokio::test]
@@ -198,14 +248,29 @@ async fn the_fingerprint_hashes_the_body_and_a_success_closes_the_logical_reques
     let (f, base) = setup(json!({})).await;
     let c = reqwest::Client::new();
     let post = |body: &'static str| c.post(format!("{base}/orders")).body(body).send();
-    f.toxic("web", json!({"name": "down", "type": "http_abort", "attributes": {"status": 503}}))
-        .await;
+    f.toxic(
+        "web",
+        json!({"name": "down", "type": "http_abort", "attributes": {"status": 503}}),
+    )
+    .await;
     assert_eq!(post("a").await.unwrap().status(), 503);
-    assert_eq!(post("b").await.unwrap().status(), 503, "another body: a new request");
+    assert_eq!(
+        post("b").await.unwrap().status(),
+        503,
+        "another body: a new request"
+    );
     assert_eq!(post("a").await.unwrap().status(), 503, "a's retry");
     f.call("DELETE", "/proxies/web/toxics/down", None).await;
-    assert_eq!(post("a").await.unwrap().status(), 200, "a's retry, which succeeds");
-    assert_eq!(post("a").await.unwrap().status(), 200, "after a success: a new request");
+    assert_eq!(
+        post("a").await.unwrap().status(),
+        200,
+        "a's retry, which succeeds"
+    );
+    assert_eq!(
+        post("a").await.unwrap().status(),
+        200,
+        "after a success: a new request"
+    );
     let s = stats(&f).await;
     assert_eq!(s["retries"]["total"], 2, "{s:#}");
     assert_eq!(s["retries"]["logical_requests_in_window"], 3, "{s:#}");
@@ -219,7 +284,11 @@ async fn idempotency_headers_and_the_retry_window_are_configurable() {
     let send = |key: &'static str| c.get(format!("{base}/slow")).header("x-op", key).send();
     send("k1").await.unwrap();
     send("k1").await.unwrap();
-    assert_eq!(stats(&f).await["retries"]["total"], 1, "the same key within the window");
+    assert_eq!(
+        stats(&f).await["retries"]["total"],
+        1,
+        "the same key within the window"
+    );
     // The default header is not one any more: a new key in it does not separate requests,
     // but these succeed, so they are not retries either.
     let with_default = |key: &'static str| {
@@ -251,7 +320,13 @@ async fn timeout_advice_follows_the_observed_latency_and_refuses_to_guess() {
     };
     let (status, body) = advice("?false_timeout_rate=0.01").await;
     assert_eq!(status, 422, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("not enough data: 0 successful requests observed, at least 299 needed"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not enough data: 0 successful requests observed, at least 299 needed"),
+        "{body}"
+    );
     for (q, words) in [
         ("", "false_timeout_rate is required"),
         ("?false_timeout_rate=abc", "is not a number"),
@@ -261,10 +336,17 @@ async fn timeout_advice_follows_the_observed_latency_and_refuses_to_guess() {
     ] {
         let (status, body) = advice(q).await;
         assert_eq!(status, 400, "{q}: {body}");
-        assert!(body["error"].as_str().unwrap().contains(words), "{q}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(words),
+            "{q}: {body}"
+        );
     }
     let (status, _) = f
-        .call("GET", "/proxies/nope/timeout-advice?false_timeout_rate=0.1", None)
+        .call(
+            "GET",
+            "/proxies/nope/timeout-advice?false_timeout_rate=0.1",
+            None,
+        )
         .await;
     assert_eq!(status, 404);
 
@@ -294,7 +376,10 @@ async fn timeout_advice_follows_the_observed_latency_and_refuses_to_guess() {
     assert!((43.0..52.0).contains(&ms), "{a}");
     assert!(a["timeout_ms_at_confidence"].as_f64().unwrap() >= ms, "{a}");
     // The upstream alone answers in well under 10 ms.
-    assert!(a["upstream_only"]["timeout_ms"].as_f64().unwrap() < 10.0, "{a}");
+    assert!(
+        a["upstream_only"]["timeout_ms"].as_f64().unwrap() < 10.0,
+        "{a}"
+    );
 }
 
 #[tokio::test]
@@ -303,21 +388,39 @@ async fn measurement_settings_are_shown_changed_and_refused_by_name() {
     let (_, p) = f.call("GET", "/proxies/web", None).await;
     assert_eq!(p["abandon_grace"], "2s");
     assert_eq!(p["retry_window"], "10s");
-    assert_eq!(p["idempotency_headers"], json!(["idempotency-key", "x-request-id"]));
+    assert_eq!(
+        p["idempotency_headers"],
+        json!(["idempotency-key", "x-request-id"])
+    );
     let (status, p) = f
         .call("PATCH", "/proxies/web", Some(r#"{"retry_window": "1m"}"#))
         .await;
     assert_eq!(status, 200, "{p}");
-    assert_eq!((p["retry_window"].as_str(), p["abandon_grace"].as_str()), (Some("60s"), Some("2s")));
+    assert_eq!(
+        (p["retry_window"].as_str(), p["abandon_grace"].as_str()),
+        (Some("60s"), Some("2s"))
+    );
     for (body, words) in [
-        (r#"{"abandon_grace": "2h"}"#, "abandon_grace: 7200s is too long: at most 600s"),
+        (
+            r#"{"abandon_grace": "2h"}"#,
+            "abandon_grace: 7200s is too long: at most 600s",
+        ),
         (r#"{"abandon_grace": "soon"}"#, "abandon_grace:"),
-        (r#"{"retry_window": 0}"#, "retry_window: must be more than 0"),
-        (r#"{"idempotency_headers": ["ok", "not ok"]}"#, "idempotency_headers: \"not ok\" is not a valid header name"),
+        (
+            r#"{"retry_window": 0}"#,
+            "retry_window: must be more than 0",
+        ),
+        (
+            r#"{"idempotency_headers": ["ok", "not ok"]}"#,
+            "idempotency_headers: \"not ok\" is not a valid header name",
+        ),
     ] {
         let (status, err) = f.call("PATCH", "/proxies/web", Some(body)).await;
         assert_eq!(status, 400, "{body}: {err}");
-        assert!(err["error"].as_str().unwrap().contains(words), "{body}: {err}");
+        assert!(
+            err["error"].as_str().unwrap().contains(words),
+            "{body}: {err}"
+        );
     }
     let (_, p) = f.call("GET", "/proxies/web", None).await;
     assert_eq!(p["retry_window"], "60s", "a refused change changes nothing");

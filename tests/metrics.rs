@@ -19,7 +19,9 @@ fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let handle = fallacy::metrics::prometheus_builder().install_recorder().unwrap();
+            let handle = fallacy::metrics::prometheus_builder()
+                .install_recorder()
+                .unwrap();
             fallacy::metrics::describe();
             handle
         })
@@ -289,7 +291,8 @@ async fn http_measurement_metrics_count_what_clients_did() {
     // Present at 0 before anything happened.
     f.expect(&series("fallacy_timeout_false_positive_total", ""), 0.0)
         .await;
-    f.expect(&series("fallacy_retry_amplification", ""), 1.0).await;
+    f.expect(&series("fallacy_retry_amplification", ""), 1.0)
+        .await;
 
     f.post(
         "/proxies/web-measure/toxics",
@@ -322,7 +325,10 @@ async fn http_measurement_metrics_count_what_clients_did() {
     assert_eq!(post().await.unwrap().status(), 503);
     let _ = f
         .http
-        .delete(format!("http://{}/proxies/web-measure/toxics/down", f.admin))
+        .delete(format!(
+            "http://{}/proxies/web-measure/toxics/down",
+            f.admin
+        ))
         .send()
         .await
         .unwrap();
@@ -335,16 +341,23 @@ async fn http_measurement_metrics_count_what_clients_did() {
     f.expect(&series("fallacy_request_attempts_bucket", ",le=\"1\""), 0.0)
         .await;
     // Three attempts, two logical requests in the window.
-    f.expect(&series("fallacy_retry_amplification", ""), 1.5).await;
+    f.expect(&series("fallacy_retry_amplification", ""), 1.5)
+        .await;
     // The two answered requests (503 and 200) and the upstream's answers, in real buckets.
     f.expect(&series("fallacy_client_observed_seconds_count", ""), 2.0)
         .await;
     f.expect(&series("fallacy_upstream_response_seconds_count", ""), 2.0)
         .await;
-    f.expect(&series("fallacy_injected_delay_seconds_bucket", ",le=\"0.3\""), 1.0)
-        .await;
-    f.expect(&series("fallacy_injected_delay_seconds_bucket", ",le=\"0.2\""), 0.0)
-        .await;
+    f.expect(
+        &series("fallacy_injected_delay_seconds_bucket", ",le=\"0.3\""),
+        1.0,
+    )
+    .await;
+    f.expect(
+        &series("fallacy_injected_delay_seconds_bucket", ",le=\"0.2\""),
+        0.0,
+    )
+    .await;
     let text = f.scrape().await;
     for name in [
         "fallacy_upstream_response_seconds",

@@ -50,8 +50,14 @@ impl From<ProxyView> for ProxyOut {
                 .then(|| format_duration(m.abandon_grace)),
             retry_window: show(m.retry_window != defaults.retry_window)
                 .then(|| format_duration(m.retry_window)),
-            idempotency_headers: show(m.idempotency_headers != defaults.idempotency_headers)
-                .then(|| m.idempotency_headers.iter().map(|h| h.to_string()).collect()),
+            idempotency_headers: show(m.idempotency_headers != defaults.idempotency_headers).then(
+                || {
+                    m.idempotency_headers
+                        .iter()
+                        .map(|h| h.to_string())
+                        .collect()
+                },
+            ),
             name: v.name,
             listen: v.listen,
             upstream: v.upstream,

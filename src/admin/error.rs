@@ -41,9 +41,9 @@ impl Error {
                 StatusCode::NOT_FOUND
             }
             Error::Store(S::ProxyExists | S::ToxicExists) => StatusCode::CONFLICT,
-            Error::Store(S::MissingField(_) | S::Envelope(_) | S::Attr(_)) | Error::BadBody(_) | Error::BadQuery(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Error::Store(S::MissingField(_) | S::Envelope(_) | S::Attr(_))
+            | Error::BadBody(_)
+            | Error::BadQuery(_) => StatusCode::BAD_REQUEST,
             Error::Store(S::Listen { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::BrowserRefused => StatusCode::FORBIDDEN,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

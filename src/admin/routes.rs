@@ -170,9 +170,10 @@ pub(super) async fn proxy_timeout_advice(
             "false_timeout_rate is required, e.g. ?false_timeout_rate=0.001".into(),
         ));
     };
-    let rate: f64 = raw.trim().parse().map_err(|_| {
-        Error::BadQuery(format!("false_timeout_rate: {raw:?} is not a number"))
-    })?;
+    let rate: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| Error::BadQuery(format!("false_timeout_rate: {raw:?} is not a number")))?;
     crate::measure::advice_json(&link, rate)
         .map(Json)
         .map_err(|e| match e {

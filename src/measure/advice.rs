@@ -142,10 +142,16 @@ mod tests {
         let analytic = -mean * f64::ln(rate);
         let a = advise(&exponential(100_000, mean, 7), rate).unwrap();
         let got = a.timeout.as_secs_f64() * 1000.0;
-        assert!((got - analytic).abs() / analytic < 0.03, "{got} ms vs {analytic} ms");
+        assert!(
+            (got - analytic).abs() / analytic < 0.03,
+            "{got} ms vs {analytic} ms"
+        );
         assert!(a.timeout_at_confidence >= a.timeout);
         let bound = a.timeout_at_confidence.as_secs_f64() * 1000.0;
-        assert!(bound < analytic * 1.06, "the bound is tight on 100k samples: {bound}");
+        assert!(
+            bound < analytic * 1.06,
+            "the bound is tight on 100k samples: {bound}"
+        );
         assert_eq!(a.samples, 100_000);
     }
 
@@ -154,7 +160,12 @@ mod tests {
         let (mean, rate) = (10.0, 0.05);
         let analytic = Duration::from_secs_f64(-mean * f64::ln(rate) / 1000.0);
         let covered = (0..200)
-            .filter(|s| advise(&exponential(300, mean, *s), rate).unwrap().timeout_at_confidence >= analytic)
+            .filter(|s| {
+                advise(&exponential(300, mean, *s), rate)
+                    .unwrap()
+                    .timeout_at_confidence
+                    >= analytic
+            })
             .count();
         // 95 % nominal; the histogram's rounding up adds a little.
         assert!((180..=200).contains(&covered), "covered {covered} of 200");
@@ -167,7 +178,11 @@ mod tests {
         let few = exponential(58, 10.0, 1);
         assert_eq!(
             advise(&few, 0.05),
-            Err(NoAdvice::NotEnoughData { rate: 0.05, samples: 58, needed: 59 })
+            Err(NoAdvice::NotEnoughData {
+                rate: 0.05,
+                samples: 58,
+                needed: 59
+            })
         );
         assert!(advise(&exponential(59, 10.0, 1), 0.05).is_ok());
         let msg = advise(&few, 0.05).unwrap_err().to_string();
@@ -178,7 +193,10 @@ mod tests {
     fn refuses_rates_outside_zero_to_one() {
         let s = exponential(10, 1.0, 1);
         for rate in [0.0, 1.0, -0.1, 1.5, f64::NAN] {
-            assert!(matches!(advise(&s, rate), Err(NoAdvice::BadRate(_))), "{rate}");
+            assert!(
+                matches!(advise(&s, rate), Err(NoAdvice::BadRate(_))),
+                "{rate}"
+            );
         }
     }
 
@@ -188,6 +206,9 @@ mod tests {
         let p = 0.1;
         let exact = max_above_at_confidence(4400, p).unwrap();
         let normal = max_above_at_confidence(4500, p).unwrap();
-        assert!((normal as i64 - exact as i64 - 10).abs() <= 3, "{exact} {normal}");
+        assert!(
+            (normal as i64 - exact as i64 - 10).abs() <= 3,
+            "{exact} {normal}"
+        );
     }
 }

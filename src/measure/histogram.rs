@@ -135,7 +135,10 @@ mod tests {
 
     #[test]
     fn every_value_lands_in_a_bucket_whose_upper_edge_is_within_one_sixty_fourth() {
-        for v in (0..5000u64).chain((0..40).map(|p| 1u64 << p)).chain([u64::MAX / 4]) {
+        for v in (0..5000u64)
+            .chain((0..40).map(|p| 1u64 << p))
+            .chain([u64::MAX / 4])
+        {
             let i = index(v);
             let up = upper(i);
             if i == BUCKETS - 1 {

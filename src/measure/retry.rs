@@ -190,7 +190,9 @@ impl RetryTracker {
         let second = now.duration_since(self.origin).as_secs();
         self.slots
             .iter()
-            .filter(|s| s.0 != u64::MAX && s.0 <= second && second - s.0 < AMPLIFICATION_WINDOW_SECS)
+            .filter(|s| {
+                s.0 != u64::MAX && s.0 <= second && second - s.0 < AMPLIFICATION_WINDOW_SECS
+            })
             .fold((0, 0), |(a, l), s| (a + s.1, l + s.2))
     }
 
@@ -219,7 +221,13 @@ mod tests {
         let mut t = RetryTracker::default();
         let b = Instant::now();
         for i in 0..100 {
-            let r = t.record(Fingerprint::Hash(1), ms(b, i * 10), ms(b, i * 10 + 5), false, W);
+            let r = t.record(
+                Fingerprint::Hash(1),
+                ms(b, i * 10),
+                ms(b, i * 10 + 5),
+                false,
+                W,
+            );
             assert!(!r.retry);
             assert_eq!(r.closed, vec![1]);
         }
@@ -236,7 +244,11 @@ mod tests {
         assert!(t.record(fp(), ms(b, 20), ms(b, 30), true, W).retry);
         let third = t.record(fp(), ms(b, 40), ms(b, 50), false, W);
         assert!(third.retry);
-        assert_eq!(third.closed, vec![3], "one logical request of three attempts");
+        assert_eq!(
+            third.closed,
+            vec![3],
+            "one logical request of three attempts"
+        );
         // The success closed it: the next identical request is new.
         assert!(!t.record(fp(), ms(b, 60), ms(b, 70), false, W).retry);
         assert_eq!(t.window_counts(ms(b, 100)), (4, 2));
@@ -249,10 +261,16 @@ mod tests {
         let b = Instant::now();
         // B started (at 5) before A failed (at 50): it overlapped, it did not retry A.
         t.record(Fingerprint::Hash(1), ms(b, 0), ms(b, 50), true, W);
-        assert!(!t.record(Fingerprint::Hash(1), ms(b, 5), ms(b, 60), false, W).retry);
+        assert!(
+            !t.record(Fingerprint::Hash(1), ms(b, 5), ms(b, 60), false, W)
+                .retry
+        );
         // Another fingerprint is unaffected.
         t.record(Fingerprint::Hash(2), ms(b, 0), ms(b, 1), true, W);
-        assert!(!t.record(Fingerprint::Hash(3), ms(b, 2), ms(b, 3), false, W).retry);
+        assert!(
+            !t.record(Fingerprint::Hash(3), ms(b, 2), ms(b, 3), false, W)
+                .retry
+        );
     }
 
     #[test]
@@ -260,11 +278,17 @@ mod tests {
         let mut t = RetryTracker::default();
         let b = Instant::now();
         t.record(Fingerprint::Hash(1), ms(b, 0), ms(b, 0), true, W);
-        assert!(!t.record(Fingerprint::Hash(1), ms(b, 10_001), ms(b, 10_002), true, W).retry);
+        assert!(
+            !t.record(Fingerprint::Hash(1), ms(b, 10_001), ms(b, 10_002), true, W)
+                .retry
+        );
         let key = || Fingerprint::Key("idempotency-key: a".into());
         t.record(key(), ms(b, 0), ms(b, 1), false, W);
         assert!(t.record(key(), ms(b, 9_999), ms(b, 10_000), false, W).retry);
-        assert!(!t.record(key(), ms(b, 20_000), ms(b, 20_001), false, W).retry);
+        assert!(
+            !t.record(key(), ms(b, 20_000), ms(b, 20_001), false, W)
+                .retry
+        );
     }
 
     #[test]
@@ -294,6 +318,10 @@ mod tests {
         t.record(Fingerprint::Hash(1), ms(b, 0), ms(b, 1), true, W);
         t.record(Fingerprint::Hash(1), ms(b, 2), ms(b, 3), false, W);
         assert_eq!(t.amplification(ms(b, 59_000)), 2.0);
-        assert_eq!(t.amplification(ms(b, 61_000)), 1.0, "the window moved past them");
+        assert_eq!(
+            t.amplification(ms(b, 61_000)),
+            1.0,
+            "the window moved past them"
+        );
     }
 }
