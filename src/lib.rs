@@ -10,6 +10,7 @@
 //! | [`proxy`] | the data path: accept loop, connection, duplex copy with toxics |
 //! | [`toxic`] | the toxic wire model and the runtime toxics |
 //! | [`admin`] | the HTTP admin API (axum) |
+//! | [`demo`] | `fallacy demo`: the timeout false-positive lesson, self-contained |
 //! | [`measure`] | what clients did: abandonment, false timeouts, retries, timeout advice |
 //! | [`metrics`] | metric names, help texts, data-path helpers |
 //! | [`shutdown`] | OS signals |
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod demo;
 pub mod http;
 pub mod measure;
 pub mod metrics;

@@ -44,8 +44,11 @@ impl Child {
     }
 
     fn start(mut command: Command) -> Child {
+        // Logs at info unless the test decided otherwise (set or removed RUST_LOG itself).
+        if !command.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
         let mut child = command
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -467,4 +470,69 @@ fn the_listener_survives_file_descriptor_exhaustion() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `fallacy demo` runs the lesson by itself: the false-timeout rate at the client's 100 ms
+/// matches the injected lognormal (p50 20 ms, p99 300 ms: P(X > 100 ms) = 8.3 %), fallacy's
+/// retry count matches the client's, and bad input exits 2.
+#[test]
+fn demo_prints_the_lesson_and_its_figures_as_json() {
+    let mut demo = Child::spawn(&["demo", "--json", "--requests", "1000", "--seed", "7"]);
+    let started = Instant::now();
+    assert_eq!(demo.exit().code(), Some(0), "{}", demo.stderr());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let out = format!("{}\n{}", demo.line(), demo.rest_of_stdout());
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["samples"], 1000, "{report:#}");
+    let at_100 = report["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["timeout_ms"] == 100.0)
+        .unwrap()["false_timeout_rate"]
+        .as_f64()
+        .unwrap();
+    // 1000 samples: the standard error is 0.9 %; four of them either way.
+    assert!((0.083 - at_100).abs() < 0.035, "{at_100}: {report:#}");
+    let advice = &report["advice"][0];
+    assert_eq!(advice["false_timeout_rate"], 0.05);
+    // The lognormal's 95th percentile is 133 ms.
+    let ms = advice["timeout_ms"].as_f64().unwrap();
+    assert!((100.0..180.0).contains(&ms), "{report:#}");
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs[0]["fallacy_retries"], 0);
+    assert_eq!(runs[0]["amplification"], 1.0);
+    let (made, counted) = (
+        runs[1]["client_retries"].as_u64().unwrap(),
+        runs[1]["fallacy_retries"].as_u64().unwrap(),
+    );
+    assert!(made > 20, "{report:#}");
+    // An attempt that times out in the instant its answer leaves counts as answered.
+    assert!(
+        made.abs_diff(counted) <= 3,
+        "client {made}, fallacy {counted}"
+    );
+    assert!(runs[1]["amplification"].as_f64().unwrap() > 1.0);
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fallacy"));
+    command
+        .args(["demo", "--requests", "200"])
+        .env_remove("RUST_LOG");
+    let mut table = Child::start(command);
+    assert_eq!(table.exit().code(), Some(0), "{}", table.stderr());
+    let text = format!("{}\n{}", table.line(), table.rest_of_stdout());
+    for words in [
+        "| timeout | false-timeout rate |",
+        "<- the client's",
+        "Advice",
+        "amplification",
+    ] {
+        assert!(text.contains(words), "{words:?} missing:\n{text}");
+    }
+    assert!(!table.stderr().contains("INFO"), "{}", table.stderr());
+
+    let mut bad = Child::spawn(&["demo", "--requests", "0"]);
+    let (code, stderr) = bad.exit_code();
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--requests"), "{stderr}");
 }

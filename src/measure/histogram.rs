@@ -122,6 +122,19 @@ impl Snapshot {
         None
     }
 
+    /// The fraction of samples longer than `d` (a timeout of `d` would have cut them off);
+    /// `None` when empty. Samples in the bucket that holds `d` count as not longer, so the
+    /// figure is exact to the bucket's 1/64.
+    pub fn fraction_above(&self, d: Duration) -> Option<f64> {
+        if self.total == 0 {
+            return None;
+        }
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let last = index(micros);
+        let within: u64 = self.counts[..=last].iter().sum();
+        Some((self.total - within) as f64 / self.total as f64)
+    }
+
     /// The `q` quantile (0..=1) by the nearest-rank method; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
@@ -167,7 +180,11 @@ mod tests {
         assert!(p99 >= Duration::from_millis(99) && p99 < Duration::from_micros(99 * 1000 + 1600));
         assert!(s.quantile(0.0).unwrap() >= Duration::from_millis(1));
         assert_eq!(s.at_rank(101), None);
+        assert_eq!(s.fraction_above(Duration::from_millis(90)), Some(0.1));
+        assert_eq!(s.fraction_above(Duration::from_millis(100)), Some(0.0));
+        assert_eq!(s.fraction_above(Duration::ZERO), Some(1.0));
         h.clear();
         assert_eq!(h.snapshot().quantile(0.5), None);
+        assert_eq!(h.snapshot().fraction_above(Duration::ZERO), None);
     }
 }
