@@ -1,0 +1,249 @@
+//! A real Prometheus (Debian's `prometheus`, which `.ci/run` installs) scrapes the real
+//! `fallacy serve` while a deterministic workload runs: five requests abandoned by an impatient
+//! client although the upstream answered (false timeouts caused by an injected delay), and
+//! four orders tried three times each against an injected 503. The counts read back through
+//! Prometheus's HTTP API are exact. `promtool check metrics` lints the exposition.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// Kills the process on drop: every server this test starts stops with it.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn require(tool: &str) -> String {
+    let path = format!("/usr/bin/{tool}");
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} is missing: install Debian's prometheus package (apt-get install prometheus), \
+         as .ci/run does"
+    );
+    path
+}
+
+/// A port that was free a moment ago: Prometheus takes its listen address on the command
+/// line and cannot report a port it picked itself.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn upstream() -> SocketAddr {
+    let app = axum::Router::new()
+        .route("/slow", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/orders",
+            axum::routing::post(|body: String| async move { body }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(120), axum::serve(listener, app)).await;
+    });
+    addr
+}
+
+/// Starts `fallacy serve` on 127.0.0.1:0 and returns its admin address (from its start-up
+/// line, never a sleep).
+fn fallacy() -> (Guard, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fallacy"))
+        .args(["serve", "--admin", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    (Guard(child), addr)
+}
+
+/// Asks Prometheus for one instant value, polling (bounded) until it equals `want`.
+async fn expect(http: &reqwest::Client, prom: &str, query: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let answer: Result<Value, _> = async {
+            http.get(format!("{prom}/api/v1/query"))
+                .query(&[("query", query)])
+                .send()
+                .await?
+                .json()
+                .await
+        }
+        .await;
+        if let Ok(v) = answer {
+            let got = v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok());
+            if got.is_some_and(|g| (g - want).abs() < 1e-9) {
+                return;
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{query}: want {want}, Prometheus last said {last}");
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
+    let prometheus = require("prometheus");
+    let promtool = require("promtool");
+    let (_fallacy, admin) = fallacy();
+    let http = reqwest::Client::new();
+    let up = upstream().await;
+    let proxy: Value = http
+        .post(format!("http://{admin}/proxies"))
+        .json(&json!({"name": "web", "listen": "127.0.0.1:0", "upstream": up.to_string(),
+                      "protocol": "http", "retry_window": "1s"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let base = format!("http://{}", proxy["listen"].as_str().unwrap());
+    for toxic in [
+        json!({"name": "slow", "type": "http_delay", "attributes": {"latency": 300}, "match": {"path": "/slow"}}),
+        json!({"name": "down", "type": "http_abort", "attributes": {"status": 503}, "match": {"path": "/orders"}}),
+    ] {
+        let r = http
+            .post(format!("http://{admin}/proxies/web/toxics"))
+            .json(&toxic)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    // Prometheus, scraping fallacy every second, in a directory of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    let mut f = std::fs::File::create(&config).unwrap();
+    write!(
+        f,
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fallacy\n    static_configs:\n      - targets: ['{admin}']\n"
+    )
+    .unwrap();
+    let check = Command::new(&promtool)
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let port = free_port();
+    let prom = format!("http://127.0.0.1:{port}");
+    let _prometheus = Guard(
+        Command::new("timeout")
+            .args(["120", &prometheus])
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // The workload. Five impatient GETs, each on its own path (so none is another's retry):
+    // the upstream answers at once, fallacy's 300 ms delay makes the client give up at 100 ms.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    for i in 0..5 {
+        let err = impatient
+            .get(format!("{base}/slow?i={i}"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout());
+    }
+    // Four orders, three attempts each, all answered 503: eight retries.
+    for order in 0..4 {
+        for _ in 0..3 {
+            let r = http
+                .post(format!("{base}/orders"))
+                .body(format!("order {order}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 503);
+        }
+    }
+
+    let job = r#"job="fallacy",proxy="web""#;
+    expect(&http, &prom, &format!("fallacy_timeout_false_positive_total{{{job}}}"), 5.0).await;
+    expect(
+        &http,
+        &prom,
+        &format!(r#"fallacy_client_abandoned_total{{{job},outcome="upstream_ok",cause="injected"}}"#),
+        5.0,
+    )
+    .await;
+    expect(
+        &http,
+        &prom,
+        &format!(r#"sum(fallacy_client_abandoned_total{{{job}}})"#),
+        5.0,
+    )
+    .await;
+    expect(&http, &prom, &format!("fallacy_retries_total{{{job}}}"), 8.0).await;
+    expect(&http, &prom, &format!("fallacy_requests_total{{{job}}}"), 17.0).await;
+    // 17 attempts for 9 logical requests in the last minute.
+    expect(&http, &prom, &format!("fallacy_retry_amplification{{{job}}}"), 17.0 / 9.0).await;
+    // Once the 1 s retry window has passed, every logical request is closed: five of one
+    // attempt, four of three.
+    expect(&http, &prom, &format!(r#"fallacy_request_attempts_bucket{{{job},le="1"}}"#), 5.0).await;
+    expect(&http, &prom, &format!(r#"fallacy_request_attempts_bucket{{{job},le="3"}}"#), 9.0).await;
+    expect(&http, &prom, &format!("fallacy_injected_delay_seconds_count{{{job}}}"), 5.0).await;
+
+    // promtool's lint of the exposition itself.
+    let text = http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut lint = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lint.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
