@@ -118,8 +118,10 @@ async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
     let up = upstream().await;
     let proxy: Value = http
         .post(format!("http://{admin}/proxies"))
-        .json(&json!({"name": "web", "listen": "127.0.0.1:0", "upstream": up.to_string(),
-                      "protocol": "http", "retry_window": "1s"}))
+        .json(
+            &json!({"name": "web", "listen": "127.0.0.1:0", "upstream": up.to_string(),
+                      "protocol": "http", "retry_window": "1s"}),
+        )
         .send()
         .await
         .unwrap()
@@ -154,14 +156,21 @@ async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
         .arg(&config)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let port = free_port();
     let prom = format!("http://127.0.0.1:{port}");
     let _prometheus = Guard(
         Command::new("timeout")
             .args(["120", &prometheus])
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -197,11 +206,19 @@ async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
     }
 
     let job = r#"job="fallacy",proxy="web""#;
-    expect(&http, &prom, &format!("fallacy_timeout_false_positive_total{{{job}}}"), 5.0).await;
     expect(
         &http,
         &prom,
-        &format!(r#"fallacy_client_abandoned_total{{{job},outcome="upstream_ok",cause="injected"}}"#),
+        &format!("fallacy_timeout_false_positive_total{{{job}}}"),
+        5.0,
+    )
+    .await;
+    expect(
+        &http,
+        &prom,
+        &format!(
+            r#"fallacy_client_abandoned_total{{{job},outcome="upstream_ok",cause="injected"}}"#
+        ),
         5.0,
     )
     .await;
@@ -212,15 +229,51 @@ async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
         5.0,
     )
     .await;
-    expect(&http, &prom, &format!("fallacy_retries_total{{{job}}}"), 8.0).await;
-    expect(&http, &prom, &format!("fallacy_requests_total{{{job}}}"), 17.0).await;
+    expect(
+        &http,
+        &prom,
+        &format!("fallacy_retries_total{{{job}}}"),
+        8.0,
+    )
+    .await;
+    expect(
+        &http,
+        &prom,
+        &format!("fallacy_requests_total{{{job}}}"),
+        17.0,
+    )
+    .await;
     // 17 attempts for 9 logical requests in the last minute.
-    expect(&http, &prom, &format!("fallacy_retry_amplification{{{job}}}"), 17.0 / 9.0).await;
+    expect(
+        &http,
+        &prom,
+        &format!("fallacy_retry_amplification{{{job}}}"),
+        17.0 / 9.0,
+    )
+    .await;
     // Once the 1 s retry window has passed, every logical request is closed: five of one
     // attempt, four of three.
-    expect(&http, &prom, &format!(r#"fallacy_request_attempts_bucket{{{job},le="1"}}"#), 5.0).await;
-    expect(&http, &prom, &format!(r#"fallacy_request_attempts_bucket{{{job},le="3"}}"#), 9.0).await;
-    expect(&http, &prom, &format!("fallacy_injected_delay_seconds_count{{{job}}}"), 5.0).await;
+    expect(
+        &http,
+        &prom,
+        &format!(r#"fallacy_request_attempts_bucket{{{job},le="1"}}"#),
+        5.0,
+    )
+    .await;
+    expect(
+        &http,
+        &prom,
+        &format!(r#"fallacy_request_attempts_bucket{{{job},le="3"}}"#),
+        9.0,
+    )
+    .await;
+    expect(
+        &http,
+        &prom,
+        &format!("fallacy_injected_delay_seconds_count{{{job}}}"),
+        5.0,
+    )
+    .await;
 
     // promtool's lint of the exposition itself.
     let text = http
@@ -238,7 +291,11 @@ async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    lint.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = lint.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -246,4 +303,143 @@ async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `config/grafana/fallacy.json`: panels for the false-timeout rate, amplification, latency
+/// quantiles, faults applied and bytes; every PromQL query parses (`promtool check rules`) and
+/// names only metrics the real binary exports, with the right type for histogram series.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_fallacy_exports() {
+    let promtool = require("promtool");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("config/grafana/fallacy.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(dashboard["uid"], "fallacy");
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut exprs = Vec::new();
+    for p in panels {
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "duplicate panel id: {p}"
+        );
+        for key in ["x", "y", "w", "h"] {
+            assert!(p["gridPos"][key].is_u64(), "{}: gridPos.{key}", p["title"]);
+        }
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{} has no query", p["title"]);
+        for t in targets {
+            exprs.push((
+                p["title"].as_str().unwrap().to_owned(),
+                t["expr"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    let titles: Vec<String> = panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap().to_lowercase())
+        .collect();
+    for needed in [
+        "false-timeout rate",
+        "amplification",
+        "latency",
+        "faults applied",
+        "bytes",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(needed)),
+            "no panel for {needed}: {titles:?}"
+        );
+    }
+
+    // Every query parses, with Grafana's variables as Grafana would fill them in.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("dashboard.rules.yml");
+    let mut text = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, (_, expr)) in exprs.iter().enumerate() {
+        let filled = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$proxy", ".*");
+        text.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(&filled).unwrap()
+        ));
+    }
+    std::fs::write(&rules, text).unwrap();
+    let check = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // What the real binary exports, after an HTTP proxy served a request through a toxic.
+    let (_fallacy, admin) = fallacy();
+    let http = reqwest::Client::new();
+    let up = upstream().await;
+    let proxy: Value = http
+        .post(format!("http://{admin}/proxies"))
+        .json(&json!({"name": "web", "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    http.post(format!("http://{admin}/proxies/web/toxics"))
+        .json(&json!({"type": "http_delay", "attributes": {"latency": 1}}))
+        .send()
+        .await
+        .unwrap();
+    let base = format!("http://{}", proxy["listen"].as_str().unwrap());
+    assert_eq!(
+        http.get(format!("{base}/slow"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let exposition = http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let types: std::collections::HashMap<&str, &str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let name = regex::Regex::new(r"fallacy_[a-z_]+").unwrap();
+    for (title, expr) in &exprs {
+        for m in name.find_iter(expr) {
+            let series = m.as_str();
+            let (base, histogram_part) = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| series.strip_suffix(s).map(|b| (b, true)))
+                .unwrap_or((series, false));
+            match types.get(base) {
+                Some(kind) if histogram_part => assert_eq!(*kind, "histogram", "{title}: {series}"),
+                Some(_) => {}
+                None => panic!(
+                    "{title}: {series} is not exported; fallacy exports {:?}",
+                    types.keys()
+                ),
+            }
+        }
+    }
 }
