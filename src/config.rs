@@ -206,6 +206,8 @@ struct RawProxy {
     #[serde(default)]
     idempotency_headers: Option<Spanned<toml::Value>>,
     #[serde(default)]
+    price_per_gb: Option<Spanned<toml::Value>>,
+    #[serde(default)]
     toxic: Vec<Spanned<RawToxic>>,
 }
 
@@ -383,6 +385,7 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
             ("abandon_grace", &p.abandon_grace),
             ("retry_window", &p.retry_window),
             ("idempotency_headers", &p.idempotency_headers),
+            ("price_per_gb", &p.price_per_gb),
         ] {
             if let Some(raw) = raw {
                 let value = serde_json::to_value(raw.get_ref()).unwrap_or(Value::Null);

@@ -531,7 +531,7 @@ pub struct FaultReset;
 pub struct Counted<B> {
     inner: B,
     /// `None` when something else counts these bytes.
-    bytes: Option<::metrics::Counter>,
+    bytes: Option<metrics::ByteCount>,
     /// Request bodies whose hash goes into the retry fingerprint.
     hash: Option<Arc<BodyHashCell>>,
 }
@@ -570,7 +570,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
 /// An upgraded stream that counts the bytes read from it.
 struct CountingIo<T> {
     io: T,
-    read: ::metrics::Counter,
+    read: metrics::ByteCount,
 }
 
 impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingIo<T> {

@@ -46,6 +46,8 @@ pub const MAX_RETRY_WINDOW: Duration = Duration::from_secs(3600);
 pub const DEFAULT_IDEMPOTENCY_HEADERS: [&str; 2] = ["idempotency-key", "x-request-id"];
 /// At most this many idempotency headers.
 const MAX_IDEMPOTENCY_HEADERS: usize = 16;
+/// The highest `price_per_gb` accepted: far above any real tariff, far from overflow.
+pub const MAX_PRICE_PER_GB: f64 = 1e6;
 /// Bytes of a request body that go into its fingerprint.
 pub const BODY_HASH_LIMIT: usize = 64 * 1024;
 
@@ -58,6 +60,8 @@ pub struct MeasureSettings {
     pub retry_window: Duration,
     /// Headers whose value identifies a logical request, in order of preference.
     pub idempotency_headers: Vec<HeaderName>,
+    /// What a gigabyte (10^9 bytes, both directions) costs, for `transport_cost_total`.
+    pub price_per_gb: f64,
 }
 
 impl Default for MeasureSettings {
@@ -69,6 +73,7 @@ impl Default for MeasureSettings {
                 .iter()
                 .map(|h| HeaderName::from_static(h))
                 .collect(),
+            price_per_gb: 0.0,
         }
     }
 }
@@ -82,11 +87,18 @@ pub struct MeasurePatch {
     pub retry_window: Option<Duration>,
     /// New idempotency headers.
     pub idempotency_headers: Option<Vec<HeaderName>>,
+    /// New price per GB.
+    pub price_per_gb: Option<f64>,
 }
 
 impl MeasurePatch {
     /// The keys this reads, as the API, populate files and TOML spell them.
-    pub const KEYS: [&'static str; 3] = ["abandon_grace", "retry_window", "idempotency_headers"];
+    pub const KEYS: [&'static str; 4] = [
+        "abandon_grace",
+        "retry_window",
+        "idempotency_headers",
+        "price_per_gb",
+    ];
 
     /// Sets one key from its JSON value (TOML values are converted first). Durations are a
     /// string with a unit or an integer of milliseconds. The error says what is wrong.
@@ -121,6 +133,15 @@ impl MeasurePatch {
                     .collect::<Result<_, _>>()?;
                 self.idempotency_headers = Some(names);
             }
+            "price_per_gb" => match value.as_f64() {
+                Some(p) if p.is_finite() && (0.0..=MAX_PRICE_PER_GB).contains(&p) => {
+                    self.price_per_gb = Some(p);
+                }
+                Some(p) => {
+                    return Err(format!("{p} is out of range: 0 to {MAX_PRICE_PER_GB}"));
+                }
+                None => return Err(format!("{value} is not a number (a price per 10^9 bytes)")),
+            },
             other => return Err(format!("unknown measurement key {other:?}")),
         }
         Ok(())
@@ -149,6 +170,7 @@ impl MeasurePatch {
                 .idempotency_headers
                 .clone()
                 .unwrap_or_else(|| to.idempotency_headers.clone()),
+            price_per_gb: self.price_per_gb.unwrap_or(to.price_per_gb),
         }
     }
 }
@@ -254,6 +276,8 @@ pub struct ProxyStats {
     failed: AtomicU64,
     retries: AtomicU64,
     retry: Mutex<RetryTracker>,
+    /// Transport cost so far, and the byte total it was last brought up to.
+    cost: Mutex<(f64, u64)>,
 }
 
 /// A copy of [`ProxyStats`]' counters.
@@ -305,6 +329,19 @@ impl ProxyStats {
         }
     }
 
+    /// Adds the cost of the bytes moved since the last call at the price set now, and returns
+    /// the total. Called on every scrape and read, and before the price changes, so each byte
+    /// is priced once, at about the price in force when it moved.
+    pub fn transport_cost(link: &Link) -> f64 {
+        let (up, down) = link.metrics().bytes_moved();
+        let price = link.measure().price_per_gb;
+        let mut cost = link.stats().cost.lock().unwrap_or_else(|e| e.into_inner());
+        let moved = (up + down).saturating_sub(cost.1);
+        cost.0 += moved as f64 / 1e9 * price;
+        cost.1 = up + down;
+        cost.0
+    }
+
     /// Closes the logical requests whose window has passed (so the attempts histogram does not
     /// wait for traffic), and publishes the amplification. Called on every scrape and read.
     pub fn refresh(link: &Link) -> Counts {
@@ -345,10 +382,13 @@ pub fn stats_json(link: &Link) -> Value {
     let abandoned_total: u64 = counts.abandoned.iter().map(|(_, _, n)| n).sum();
     let succeeded = stats.client.count();
     let measure = link.measure();
+    let (up, down) = link.metrics().bytes_moved();
     json!({
         "proxy": link.name(),
         "protocol": link.protocol().as_str(),
         "connections_total": link.connections_total(),
+        "bytes": {"upstream": up, "downstream": down},
+        "transport_cost": ProxyStats::transport_cost(link),
         "requests": {
             "total": counts.requests,
             "answered": counts.answered,
@@ -374,6 +414,7 @@ pub fn stats_json(link: &Link) -> Value {
             "abandon_grace": crate::units::format_duration(measure.abandon_grace),
             "retry_window": crate::units::format_duration(measure.retry_window),
             "idempotency_headers": measure.idempotency_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+            "price_per_gb": measure.price_per_gb,
         },
     })
 }

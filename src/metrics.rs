@@ -4,6 +4,8 @@
 //! id or a client address. The data path takes counter handles once per connection and only
 //! does atomic adds per chunk.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{
@@ -44,6 +46,9 @@ pub const RETRIES_TOTAL: &str = "fallacy_retries_total";
 pub const REQUEST_ATTEMPTS: &str = "fallacy_request_attempts";
 /// Attempts per logical request over the last minute.
 pub const RETRY_AMPLIFICATION: &str = "fallacy_retry_amplification";
+
+/// Money spent moving bytes, at the proxy's `price_per_gb`.
+pub const TRANSPORT_COST_TOTAL: &str = "fallacy_transport_cost_total";
 
 /// Buckets of the `_seconds` histograms: 1 ms to 60 s, dense where timeouts usually sit.
 pub const SECONDS_BUCKETS: &[f64] = &[
@@ -139,14 +144,30 @@ pub fn describe() {
     );
 }
 
+/// A live byte counter: the Prometheus series, and a total fallacy reads back for `/stats` and
+/// the transport cost (the exporter's counters cannot be read).
+#[derive(Debug, Clone)]
+pub struct ByteCount {
+    counter: Counter,
+    total: Arc<AtomicU64>,
+}
+
+impl ByteCount {
+    /// Counts bytes that passed.
+    pub fn increment(&self, n: u64) {
+        self.counter.increment(n);
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// A proxy's metric handles, resolved once when the proxy is created so that a new connection
 /// costs a few atomic operations instead of registry look-ups.
 #[derive(Debug, Clone)]
 pub(crate) struct ProxyMetrics {
     connections: Counter,
     active: Gauge,
-    bytes_upstream: Counter,
-    bytes_downstream: Counter,
+    bytes_upstream: ByteCount,
+    bytes_downstream: ByteCount,
     connect_errors: Counter,
     /// HTTP proxies only: a TCP proxy shows no request series rather than a zero forever.
     requests: Option<Counter>,
@@ -174,8 +195,14 @@ impl ProxyMetrics {
         ProxyMetrics {
             connections: counter!(CONNECTIONS_TOTAL, "proxy" => p()),
             active: gauge!(CONNECTIONS_ACTIVE, "proxy" => p()),
-            bytes_upstream: counter!(BYTES_TOTAL, "proxy" => p(), "direction" => "upstream"),
-            bytes_downstream: counter!(BYTES_TOTAL, "proxy" => p(), "direction" => "downstream"),
+            bytes_upstream: ByteCount {
+                counter: counter!(BYTES_TOTAL, "proxy" => p(), "direction" => "upstream"),
+                total: Arc::default(),
+            },
+            bytes_downstream: ByteCount {
+                counter: counter!(BYTES_TOTAL, "proxy" => p(), "direction" => "downstream"),
+                total: Arc::default(),
+            },
             connect_errors: counter!(UPSTREAM_CONNECT_ERRORS_TOTAL, "proxy" => p()),
             requests: http.then(|| counter!(REQUESTS_TOTAL, "proxy" => p())),
             measure: http.then(|| {
@@ -252,8 +279,16 @@ impl ProxyMetrics {
         }
     }
 
+    /// Bytes moved so far: (upstream, downstream).
+    pub fn bytes_moved(&self) -> (u64, u64) {
+        (
+            self.bytes_upstream.total.load(Ordering::Relaxed),
+            self.bytes_downstream.total.load(Ordering::Relaxed),
+        )
+    }
+
     /// The live byte counter of one direction.
-    pub(crate) fn bytes(&self, direction: Direction) -> Counter {
+    pub(crate) fn bytes(&self, direction: Direction) -> ByteCount {
         match direction {
             Direction::Upstream => self.bytes_upstream.clone(),
             Direction::Downstream => self.bytes_downstream.clone(),
@@ -268,6 +303,30 @@ impl ProxyMetrics {
 
     pub(crate) fn upstream_connect_error(&self) {
         self.connect_errors.increment(1);
+    }
+}
+
+/// Appends `fallacy_transport_cost_total`, a counter of money: the exporter's counters are
+/// integers, so this one is written here, in the same text format.
+pub(crate) fn render_transport_cost(text: &mut String, links: &[Arc<crate::proxy::Link>]) {
+    use std::fmt::Write;
+    if links.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        text,
+        "# HELP {TRANSPORT_COST_TOTAL} Cost of the bytes moved both ways at the proxy's \
+         price_per_gb (per 10^9 bytes), in the price's currency."
+    );
+    let _ = writeln!(text, "# TYPE {TRANSPORT_COST_TOTAL} counter");
+    for link in links {
+        let cost = crate::measure::ProxyStats::transport_cost(link);
+        let name = link
+            .name()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = writeln!(text, "{TRANSPORT_COST_TOTAL}{{proxy=\"{name}\"}} {cost}");
     }
 }
 

@@ -326,6 +326,8 @@ impl Store {
             entry.link.set_rewrite_host(host);
         }
         if patch.measure != MeasurePatch::default() {
+            // Bytes moved so far are priced at the old price.
+            crate::measure::ProxyStats::transport_cost(&entry.link);
             let measure = patch.measure.apply(&entry.link.measure());
             entry.link.set_measure(measure);
         }

@@ -327,6 +327,7 @@ fn the_annotated_example_checks_clean_and_uses_every_key_and_toxic() {
         "proxy.abandon_grace",
         "proxy.retry_window",
         "proxy.idempotency_headers",
+        "proxy.price_per_gb",
         "proxy.toxic",
         "proxy.toxic.name",
         "proxy.toxic.type",

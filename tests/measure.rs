@@ -431,6 +431,69 @@ async fn measurement_settings_are_shown_changed_and_refused_by_name() {
     assert!(p.get("abandon_grace").is_none(), "{p}");
 }
 
+/// Bytes both ways, priced at `price_per_gb` as they move: a price change applies to the
+/// bytes after it.
+#[tokio::test]
+async fn stats_count_bytes_and_their_transport_cost() {
+    let (f, base) = setup(json!({"price_per_gb": 1000})).await;
+    let c = reqwest::Client::new();
+    let order = "x".repeat(1000);
+    let r = c
+        .post(format!("{base}/orders"))
+        .body(order.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), order);
+    let s = stats_when(&f, |s| s["bytes"]["downstream"] == 1000).await;
+    assert_eq!(
+        s["bytes"],
+        json!({"upstream": 1000, "downstream": 1000}),
+        "{s:#}"
+    );
+    let cost = s["transport_cost"].as_f64().unwrap();
+    assert!(
+        (cost - 0.002).abs() < 1e-12,
+        "2000 bytes at 1000 per 10^9: {cost}"
+    );
+    assert_eq!(s["settings"]["price_per_gb"], 1000.0);
+    let (status, p) = f
+        .call("PATCH", "/proxies/web", Some(r#"{"price_per_gb": 0}"#))
+        .await;
+    assert_eq!(status, 200, "{p}");
+    let r = c
+        .post(format!("{base}/orders"))
+        .body(order.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), order);
+    let s = stats_when(&f, |s| s["bytes"]["downstream"] == 2000).await;
+    let cost = s["transport_cost"].as_f64().unwrap();
+    assert!(
+        (cost - 0.002).abs() < 1e-12,
+        "free bytes add nothing: {cost}"
+    );
+    for (body, words) in [
+        (
+            r#"{"price_per_gb": -1}"#,
+            "price_per_gb: -1 is out of range",
+        ),
+        (
+            r#"{"price_per_gb": "cheap"}"#,
+            "price_per_gb: \"cheap\" is not a number",
+        ),
+        (r#"{"price_per_gb": 1e7}"#, "out of range: 0 to 1000000"),
+    ] {
+        let (status, err) = f.call("PATCH", "/proxies/web", Some(body)).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert!(
+            err["error"].as_str().unwrap().contains(words),
+            "{body}: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn stats_answer_404_for_an_unknown_proxy() {
     let f = Fallacy::start().await;

@@ -36,6 +36,8 @@ pub struct ProxyOut {
     retry_window: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     idempotency_headers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    price_per_gb: Option<f64>,
     toxics: Vec<Arc<ToxicSpec>>,
 }
 
@@ -58,6 +60,7 @@ impl From<ProxyView> for ProxyOut {
                         .collect()
                 },
             ),
+            price_per_gb: show(m.price_per_gb != defaults.price_per_gb).then_some(m.price_per_gb),
             name: v.name,
             listen: v.listen,
             upstream: v.upstream,
@@ -94,6 +97,8 @@ pub struct ProxyIn {
     retry_window: Option<Value>,
     #[serde(default)]
     idempotency_headers: Option<Value>,
+    #[serde(default)]
+    price_per_gb: Option<Value>,
 }
 
 impl ProxyIn {
@@ -128,6 +133,7 @@ impl ProxyIn {
             ("abandon_grace", &self.abandon_grace),
             ("retry_window", &self.retry_window),
             ("idempotency_headers", &self.idempotency_headers),
+            ("price_per_gb", &self.price_per_gb),
         ] {
             if let Some(v) = value.as_ref().filter(|v| !v.is_null()) {
                 patch

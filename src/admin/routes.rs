@@ -184,12 +184,15 @@ pub(super) async fn proxy_timeout_advice(
 
 pub(super) async fn metrics(State(st): S) -> Response {
     // Amplification and closed logical requests are brought up to date before the scrape.
-    for link in st.store.links().await {
-        crate::measure::ProxyStats::refresh(&link);
+    let links = st.store.links().await;
+    for link in &links {
+        crate::measure::ProxyStats::refresh(link);
     }
     let text = st.prometheus.as_ref().map_or_else(String::new, |handle| {
         handle.run_upkeep();
-        handle.render()
+        let mut text = handle.render();
+        crate::metrics::render_transport_cost(&mut text, &links);
+        text
     });
     (
         [(

@@ -228,7 +228,7 @@ struct Half {
     eof_at: Option<Instant>,
     pending: Option<Pending>,
     changes: watch::Receiver<u64>,
-    bytes: ::metrics::Counter,
+    bytes: metrics::ByteCount,
     /// Buffers of written chunks, for this half's next reads: a delayed stream frees a chunk
     /// and reads the next one all the time, and recycling here (rather than through the
     /// thread's pool) holds whichever worker runs the task. Handed back to the pool once the
