@@ -49,7 +49,17 @@ async fn path(toxics: Option<usize>, stop: &CancellationToken) -> (TcpStream, Tc
     link.set_toxics((0..n).map(noop).collect());
     let stop = stop.clone();
     tokio::spawn(async move {
-        duplex::run(&proxy_client, &proxy_upstream, &link, 1, &stop).await;
+        // As a TCP proxy runs it: with its requests measured.
+        let track = fallacy::measure::TcpTrack::default();
+        duplex::run(
+            &proxy_client,
+            &proxy_upstream,
+            &link,
+            1,
+            &stop,
+            Some(&track),
+        )
+        .await;
     });
     (writer, reader)
 }

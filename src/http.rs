@@ -195,7 +195,7 @@ pub async fn handle(
                 // Owns both ends it copies between: when it ends, `near` closes and hyper
                 // sees the client gone.
                 async move {
-                    let outcome = duplex::run(&client, &near, &link, id, &tunnel_stop).await;
+                    let outcome = duplex::run(&client, &near, &link, id, &tunnel_stop, None).await;
                     debug!(?outcome, "byte path closed");
                 }
             };

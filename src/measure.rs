@@ -16,6 +16,9 @@
 pub mod advice;
 pub mod histogram;
 pub mod retry;
+mod tcp;
+
+pub use tcp::TcpTrack;
 
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -691,7 +694,12 @@ fn record_attempt(link: &Link, fp: Fingerprint, start: Instant, failed: bool) {
 }
 
 /// Counts an abandonment once its outcome is known.
-fn abandoned(link: &Link, outcome: Outcome, cause: Cause, would_have_taken: Option<Duration>) {
+pub(crate) fn abandoned(
+    link: &Link,
+    outcome: Outcome,
+    cause: Cause,
+    would_have_taken: Option<Duration>,
+) {
     let stats = link.stats();
     stats.abandoned[slot(outcome, cause)].fetch_add(1, Ordering::Relaxed);
     link.metrics().abandoned(outcome, cause);
@@ -771,6 +779,13 @@ impl<T: Send + 'static> Drop for Exchange<T> {
             (None, None) => abandoned(&self.link, Outcome::UpstreamPending, Cause::Upstream, None),
         }
     }
+}
+
+/// TCP: a connection ended; a new one from the same client after a failed one is a retry.
+pub fn tcp_connection_ended(link: &Link, peer: IpAddr, start: Instant, failed: bool) {
+    let mut h = DefaultHasher::new();
+    ("tcp", peer).hash(&mut h);
+    record_attempt(link, Fingerprint::Hash(h.finish()), start, failed);
 }
 
 #[cfg(test)]

@@ -171,11 +171,11 @@ pub(crate) struct ProxyMetrics {
     connect_errors: Counter,
     /// HTTP proxies only: a TCP proxy shows no request series rather than a zero forever.
     requests: Option<Counter>,
-    /// HTTP proxies only, for the same reason.
-    measure: Option<Box<MeasureMetrics>>,
+    /// What clients did (boxed: the connection path only needs the fields above).
+    measure: Box<MeasureMetrics>,
 }
 
-/// The handles of what clients did, for HTTP proxies.
+/// The handles of what clients did.
 #[derive(Debug, Clone)]
 struct MeasureMetrics {
     upstream_response: Histogram,
@@ -205,7 +205,7 @@ impl ProxyMetrics {
             },
             connect_errors: counter!(UPSTREAM_CONNECT_ERRORS_TOTAL, "proxy" => p()),
             requests: http.then(|| counter!(REQUESTS_TOTAL, "proxy" => p())),
-            measure: http.then(|| {
+            measure: {
                 let m = MeasureMetrics {
                     upstream_response: histogram!(UPSTREAM_RESPONSE_SECONDS, "proxy" => p()),
                     client_observed: histogram!(CLIENT_OBSERVED_SECONDS, "proxy" => p()),
@@ -227,30 +227,34 @@ impl ProxyMetrics {
                 }
                 m.amplification.set(1.0);
                 Box::new(m)
-            }),
+            },
         }
     }
 
     pub(crate) fn upstream_response(&self, d: Duration) {
-        if let Some(m) = &self.measure {
+        {
+            let m = &self.measure;
             m.upstream_response.record(d.as_secs_f64());
         }
     }
 
     pub(crate) fn client_observed(&self, d: Duration) {
-        if let Some(m) = &self.measure {
+        {
+            let m = &self.measure;
             m.client_observed.record(d.as_secs_f64());
         }
     }
 
     pub(crate) fn injected_delay(&self, d: Duration) {
-        if let Some(m) = &self.measure {
+        {
+            let m = &self.measure;
             m.injected_delay.record(d.as_secs_f64());
         }
     }
 
     pub(crate) fn abandoned(&self, outcome: Outcome, cause: Cause) {
-        if let Some(m) = &self.measure {
+        {
+            let m = &self.measure;
             let i = abandon_labels()
                 .position(|l| l == (outcome, cause))
                 .unwrap_or_default();
@@ -262,19 +266,22 @@ impl ProxyMetrics {
     }
 
     pub(crate) fn retry(&self) {
-        if let Some(m) = &self.measure {
+        {
+            let m = &self.measure;
             m.retries.increment(1);
         }
     }
 
     pub(crate) fn attempts(&self, attempts: u32) {
-        if let Some(m) = &self.measure {
+        {
+            let m = &self.measure;
             m.attempts.record(f64::from(attempts));
         }
     }
 
     pub(crate) fn amplification(&self, factor: f64) {
-        if let Some(m) = &self.measure {
+        {
+            let m = &self.measure;
             m.amplification.set(factor);
         }
     }

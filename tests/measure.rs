@@ -500,3 +500,149 @@ async fn stats_answer_404_for_an_unknown_proxy() {
     let (status, body) = f.call("GET", "/proxies/nope/stats", None).await;
     assert_eq!(status, 404, "{body}");
 }
+
+/// A line server: each line holds a number of milliseconds; it answers `ok\n` after that long.
+/// It closes when its client does.
+async fn line_upstream() -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let serve = async {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let ms = line.trim().parse().unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        if w.write_all(b"ok\n").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        };
+        let _ = tokio::time::timeout(support::SERVER_LIFETIME, serve).await;
+    });
+    addr
+}
+
+async fn tcp_setup(extra: Value) -> (Fallacy, SocketAddr) {
+    let f = Fallacy::start().await;
+    let up = line_upstream().await;
+    let mut body = json!({"name": "web", "listen": "127.0.0.1:0", "upstream": up.to_string()});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let (status, proxy) = f.call("POST", "/proxies", Some(&body.to_string())).await;
+    assert_eq!(status, 201, "{proxy}");
+    (f, proxy["listen"].as_str().unwrap().parse().unwrap())
+}
+
+/// Sends a line and waits up to `patience` for the answer; on timeout the client leaves,
+/// with a FIN (a plain close) or a RST (`reset`). Returns whether it got the answer.
+async fn ask(addr: SocketAddr, ms: u64, patience: Duration, reset: bool) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{ms}\n").as_bytes()).await.unwrap();
+    let mut buf = [0u8; 3];
+    let read = tokio::time::timeout(patience, s.read_exact(&mut buf)).await;
+    let answered = matches!(read, Ok(Ok(_))) && &buf == b"ok\n";
+    if !answered && reset {
+        // SO_LINGER 0: the close is a RST (zero linger never blocks the drop).
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    answered
+}
+
+#[tokio::test]
+async fn tcp_requests_are_answered_or_abandoned_by_outcome_and_cause() {
+    let (f, addr) = tcp_setup(json!({"abandon_grace": "500ms"})).await;
+    let patience = Duration::from_millis(100);
+    // Answered: the first answer byte reached the client.
+    assert!(ask(addr, 1, patience, false).await);
+    // A slow upstream that answers at 250 ms; the client resets at 100 ms. Its leg stays
+    // open: the answer comes, a false timeout of the upstream's own making.
+    assert!(!ask(addr, 250, patience, true).await);
+    // The same with a plain close (FIN): only writing the answer tells it apart from a
+    // half-close.
+    assert!(!ask(addr, 250, patience, false).await);
+    // Slower than abandon_grace: pending.
+    assert!(!ask(addr, 3000, patience, true).await);
+    let s = stats_when(&f, |s| s["requests"]["abandoned"] == 3).await;
+    assert_eq!(abandoned(&s, "upstream_ok", "upstream"), 2, "{s:#}");
+    assert_eq!(abandoned(&s, "upstream_pending", "upstream"), 1, "{s:#}");
+    assert_eq!(s["requests"]["answered"], 1, "{s:#}");
+    assert_eq!(s["requests"]["total"], 4, "{s:#}");
+    assert_eq!(s["protocol"], "tcp");
+
+    // A fast upstream behind 300 ms of injected latency on the way back: fallacy's doing.
+    f.toxic(
+        "web",
+        json!({"type": "latency", "attributes": {"latency": 300}}),
+    )
+    .await;
+    assert!(!ask(addr, 1, patience, false).await);
+    assert!(!ask(addr, 1, patience, true).await);
+    let s = stats_when(&f, |s| s["requests"]["abandoned"] == 5).await;
+    assert_eq!(abandoned(&s, "upstream_ok", "injected"), 2, "{s:#}");
+    assert_eq!(s["timeout_false_positives"], 4, "{s:#}");
+    // What the injected-delay victims would have waited: about 300 ms.
+    let p99 = s["latency"]["client_observed"]["p99_ms"].as_f64().unwrap();
+    assert!((295.0..400.0).contains(&p99), "{s:#}");
+}
+
+/// A client that half-closes and then reads its answer is not one that gave up.
+#[tokio::test]
+async fn a_half_closing_tcp_client_that_reads_its_answer_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (f, addr) = tcp_setup(json!({})).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"20\n").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "ok\n");
+    drop(s);
+    let s = stats_when(&f, |s| s["requests"]["answered"] == 1).await;
+    assert_eq!(s["requests"]["answered"], 1, "{s:#}");
+    assert_eq!(s["requests"]["abandoned"], 0, "{s:#}");
+    let p50 = s["latency"]["upstream"]["p50_ms"].as_f64().unwrap();
+    assert!((20.0..60.0).contains(&p50), "{s:#}");
+}
+
+/// TCP retries are reconnects: a new connection from the same client after a fault ended
+/// its previous one. Connections that end normally are not retried requests.
+#[tokio::test]
+async fn tcp_reconnects_after_a_fault_are_retries() {
+    let (f, addr) = tcp_setup(json!({})).await;
+    for _ in 0..3 {
+        assert!(ask(addr, 1, Duration::from_secs(5), false).await);
+    }
+    assert_eq!(stats(&f).await["retries"]["total"], 0);
+    f.toxic("web", json!({"name": "cut", "type": "reset_peer", "stream": "upstream", "attributes": {"timeout": 0}}))
+        .await;
+    for _ in 0..3 {
+        assert!(!ask(addr, 1, Duration::from_secs(5), false).await);
+    }
+    let s = stats_when(&f, |s| s["retries"]["total"] == 2).await;
+    assert_eq!(
+        s["retries"]["total"], 2,
+        "the second and third connections: {s:#}"
+    );
+    f.call("DELETE", "/proxies/web/toxics/cut", None).await;
+    assert!(ask(addr, 1, Duration::from_secs(5), false).await);
+    assert!(ask(addr, 1, Duration::from_secs(5), false).await);
+    let s = stats_when(&f, |s| s["retries"]["logical_requests_in_window"] == 5).await;
+    assert_eq!(
+        s["retries"]["total"], 3,
+        "the reconnect that worked, then a new one: {s:#}"
+    );
+    assert_eq!(s["retries"]["logical_requests_in_window"], 5, "{s:#}");
+}

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{ConnError, Link, duplex};
+use crate::measure::{self, TcpTrack};
 use crate::metrics;
 use crate::toxic::ToxicCx;
 
@@ -21,6 +22,7 @@ pub async fn handle(
     id: u64,
 ) {
     let _active = metrics::ConnectionGuard::open(link.metrics());
+    let started = tokio::time::Instant::now();
     // Nagle would add up to 40 ms per small write (delayed-ACK interplay); a fault proxy must
     // not add latency nobody asked for.
     let _ = client.set_nodelay(true);
@@ -41,12 +43,22 @@ pub async fn handle(
         Err(err) => {
             link.metrics().upstream_connect_error();
             warn!(proxy = %link.name(), %peer, %err, "closing client: upstream unavailable");
+            measure::tcp_connection_ended(&link, peer.ip(), started, true);
             return;
         }
     };
     let _ = upstream.set_nodelay(true);
     debug!(upstream.addr = ?upstream.peer_addr().ok(), "connected");
-    let outcome = duplex::run(&client, &upstream, &link, id, &stop).await;
+    let track = TcpTrack::default();
+    let outcome = duplex::run(&client, &upstream, &link, id, &stop, Some(&track)).await;
+    // A connection that a fault ended, or that its client gave up on, failed: the same
+    // client's next connection within the retry window is a retry.
+    let client_reset = matches!(
+        socket2::SockRef::from(&client).take_error(),
+        Ok(Some(err)) if crate::proxy::is_routine(&err)
+    );
+    let failed = track.finish(&link, client_reset);
+    measure::tcp_connection_ended(&link, peer.ip(), started, failed);
     debug!(?outcome, "closed");
 }
 

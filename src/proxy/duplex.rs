@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{Link, Side};
+use crate::measure::TcpTrack;
 use crate::metrics;
 use crate::toxic::{Chunk, Direction, Toxic, ToxicCx, ToxicSpec, Verdict};
 
@@ -92,6 +93,8 @@ const END_RESET: u8 = 2;
 /// What the two halves share.
 struct Shared<'a> {
     link: &'a Link,
+    /// TCP proxies: the requests of this connection, for false timeouts and latency.
+    track: Option<&'a TcpTrack>,
     /// Cancelled by the proxy (disable, delete, shutdown) or by a half that ends the connection.
     stop: CancellationToken,
     end: AtomicU8,
@@ -152,21 +155,45 @@ socket!(UnixStream);
 
 /// Copies both directions until the connection ends. The caller closes the sockets by dropping
 /// them; this function sets SO_LINGER 0 first when the connection must end with RST.
+///
+/// With a `track`, the connection's requests are measured, and a client that leaves with a
+/// request unanswered leaves the upstream leg open for up to `abandon_grace` to learn the
+/// outcome (a reset client's leg too).
 pub async fn run<C: Socket, U: Socket>(
     client: &C,
     upstream: &U,
     link: &Link,
     id: u64,
     stop: &CancellationToken,
+    track: Option<&TcpTrack>,
 ) -> Outcome {
     let shared = Shared {
         link,
+        track,
         stop: stop.child_token(),
         end: AtomicU8::new(END_NONE),
     };
     let up = Half::new(Direction::Upstream, &shared, id).run(client, upstream, &shared);
     let down = Half::new(Direction::Downstream, &shared, id).run(upstream, client, &shared);
-    let (a, b) = tokio::join!(up, down);
+    let halves = async { tokio::join!(up, down) };
+    tokio::pin!(halves);
+    let (a, b) = match track {
+        None => halves.await,
+        Some(track) => {
+            let grace = async {
+                track.abandon.notified().await;
+                let grace = link.measure().abandon_grace;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                ended = &mut halves => ended,
+                _ = grace => {
+                    shared.stop.cancel();
+                    halves.await
+                }
+            }
+        }
+    };
     let outcome = match shared.end.load(Ordering::Acquire) {
         END_RESET => Outcome::Reset,
         END_CLOSE => Outcome::Closed,
@@ -265,7 +292,27 @@ impl Half {
             bytes: link.metrics().bytes(dir),
         };
         half.rebuild(&link.toxics(), link.name(), Instant::now());
+        half.note_faults(shared);
         half
+    }
+
+    /// Tells the tracker when a toxic applies to this connection.
+    fn note_faults(&self, shared: &Shared<'_>) {
+        if let Some(track) = shared.track {
+            if self.chain.iter().any(|s| s.toxic.is_some()) {
+                track.faulted();
+            }
+        }
+    }
+
+    /// Bytes were written to the destination.
+    fn wrote(&self, shared: &Shared<'_>) {
+        if let Some(track) = shared.track {
+            match self.dir {
+                Direction::Upstream => track.sent_upstream(),
+                Direction::Downstream => track.delivered(shared.link),
+            }
+        }
     }
 
     async fn run<S: Socket, D: Socket>(mut self, src: &S, dst: &D, shared: &Shared<'_>) -> HalfEnd {
@@ -295,9 +342,13 @@ impl Half {
             if !self.queue.is_empty() || self.pending.is_some() {
                 let now = Instant::now();
                 if !self.write_blocked {
+                    let before = self.queued_bytes;
                     match self.flush_due(now, dst) {
                         Ok(blocked) => self.write_blocked = blocked,
                         Err(err) => return self.io_failed(err, self.dst_side(), shared),
+                    }
+                    if self.queued_bytes < before {
+                        self.wrote(shared);
                     }
                 }
                 if let Some(end) = self.due_end(now, dst, shared) {
@@ -317,6 +368,7 @@ impl Half {
                     Ok(()) => {
                         let toxics = shared.link.toxics();
                         self.rebuild(&toxics, shared.link.name(), Instant::now());
+                        self.note_faults(shared);
                     }
                     // The link is gone; the proxy's stop token will end us.
                     Err(_) => changes_open = false,
@@ -342,19 +394,40 @@ impl Half {
                     match read_chunk(src, &mut buf) {
                         Ok(0) => {
                             pool::give(mem::take(&mut buf));
+                            if let Some(track) = shared.track {
+                                match self.dir {
+                                    Direction::Upstream => track.client_fin(),
+                                    Direction::Downstream => track.upstream_ended(shared.link),
+                                }
+                            }
                             self.on_eof(Instant::now());
                         }
                         Ok(n) => {
                             self.bytes.increment(n as u64);
+                            let track = shared.track.filter(|_| self.dir == Direction::Upstream);
+                            if let Some(track) = track {
+                                track.client_bytes(shared.link);
+                            }
                             if self.chain.is_empty() && self.queue.is_empty() {
+                                if let Some(track) = shared.track.filter(|_| self.dir == Direction::Downstream) {
+                                    track.upstream_bytes(shared.link, Instant::now());
+                                }
                                 // Fast path: straight from the read buffer.
                                 if let Err(err) = write_all(dst, &buf, stop).await {
                                     return self.write_failed(err, shared);
                                 }
+                                self.wrote(shared);
                                 buf.clear();
                             } else {
                                 let data = buf.split().freeze();
-                                self.on_chunk(Chunk { data, at: Instant::now() });
+                                let queued = self.queue.len();
+                                let now = Instant::now();
+                                self.on_chunk(Chunk { data, at: now });
+                                if let Some(track) = shared.track.filter(|_| self.dir == Direction::Downstream) {
+                                    // When the toxics let the answer's first byte go.
+                                    let release = self.queue.get(queued).map_or(now, |c| c.at);
+                                    track.upstream_bytes(shared.link, release);
+                                }
                             }
                             if n < room && buf.is_empty() {
                                 // Drained: an idle connection holds no buffer.
@@ -380,10 +453,16 @@ impl Half {
         let due = pending.at() <= now;
         match pending {
             Pending::Reset(_) if due => {
+                if let Some(track) = shared.track {
+                    track.fault_ended();
+                }
                 shared.end(END_RESET);
                 Some(HalfEnd::Ended)
             }
             Pending::Close(_) if due && self.queue.is_empty() => {
+                if let Some(track) = shared.track {
+                    track.fault_ended();
+                }
                 shared.end(END_CLOSE);
                 Some(HalfEnd::Ended)
             }
@@ -421,6 +500,17 @@ impl Half {
 
     fn io_failed(&self, err: io::Error, side: Side, shared: &Shared<'_>) -> HalfEnd {
         debug!(%err, ?side, direction = %self.dir, "i/o failed");
+        if let Some(track) = shared.track {
+            match side {
+                // The client vanished with a request unanswered: its upstream leg goes on, to
+                // learn whether the client was right to give up.
+                Side::Client if track.client_gone(shared.link) => return HalfEnd::Ended,
+                Side::Upstream if self.dir == Direction::Downstream => {
+                    track.upstream_ended(shared.link)
+                }
+                _ => {}
+            }
+        }
         // A peer's reset is passed on as a reset, so the other peer learns the truth.
         if err.kind() == io::ErrorKind::ConnectionReset {
             shared.end(END_RESET);
