@@ -47,6 +47,9 @@ use crate::config::Config;
 use crate::proxy::Settings;
 use crate::state::Store;
 
+/// How often the metrics exporter folds recorded histogram samples in.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// How long connections get after the grace period to notice they were told to close.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -100,6 +103,20 @@ impl Server {
             conn_root.clone(),
             tracker.clone(),
         );
+        if let Some(handle) = prometheus.clone() {
+            // The exporter keeps histogram samples until upkeep folds them in: without a
+            // scrape, they would pile up.
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(UPKEEP_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = every.tick() => handle.run_upkeep(),
+                    }
+                }
+            });
+        }
         let router = admin::router(admin::AdminState::new(
             store.clone(),
             prometheus,

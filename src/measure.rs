@@ -273,6 +273,10 @@ pub struct ProxyStats {
     /// What clients saw, or would have seen had they waited, for requests that succeeded:
     /// the upstream's time plus fallacy's delays.
     pub client: LogHistogram,
+    /// Every upstream answer's time, failures included: `fallacy_upstream_response_seconds`.
+    pub upstream_all: LogHistogram,
+    /// What clients saw of every answered request: `fallacy_client_observed_seconds`.
+    pub observed: LogHistogram,
     abandoned: [AtomicU64; 6],
     requests: AtomicU64,
     answered: AtomicU64,
@@ -633,7 +637,7 @@ impl<T: Send + 'static> Exchange<T> {
         let (out, result) = leg.await;
         self.leg = None;
         self.upstream = Some(result);
-        self.link.metrics().upstream_response(result.elapsed);
+        self.link.stats().upstream_all.record(result.elapsed);
         if result.ok {
             self.link.stats().upstream.record(result.elapsed);
         }
@@ -647,7 +651,7 @@ impl<T: Send + 'static> Exchange<T> {
         let failed = status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS;
         let stats = self.link.stats();
         stats.answered.fetch_add(1, Ordering::Relaxed);
-        self.link.metrics().client_observed(observed);
+        stats.observed.record(observed);
         if !failed {
             stats.client.record(observed);
         }
@@ -767,7 +771,7 @@ impl<T: Send + 'static> Drop for Exchange<T> {
                 rt.spawn(async move {
                     let result = tokio::time::timeout(grace, leg).await.ok().map(|(_, u)| u);
                     if let Some(u) = result {
-                        link.metrics().upstream_response(u.elapsed);
+                        link.stats().upstream_all.record(u.elapsed);
                         if u.ok {
                             link.stats().upstream.record(u.elapsed);
                         }

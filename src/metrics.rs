@@ -100,18 +100,6 @@ pub fn describe() {
         "Admin API requests, by outcome (2xx, 4xx, 5xx)."
     );
     describe_histogram!(
-        UPSTREAM_RESPONSE_SECONDS,
-        metrics::Unit::Seconds,
-        "HTTP: time from forwarding a request to the upstream's response head, without the \
-         delay fallacy injected (abandoned requests included, once the upstream answers)."
-    );
-    describe_histogram!(
-        CLIENT_OBSERVED_SECONDS,
-        metrics::Unit::Seconds,
-        "HTTP: time from a request's head to the response head fallacy sent, injected delays \
-         included: what the client saw."
-    );
-    describe_histogram!(
         INJECTED_DELAY_SECONDS,
         metrics::Unit::Seconds,
         "HTTP: delay fallacy planned before a response head (http_delay), per delayed request."
@@ -178,8 +166,6 @@ pub(crate) struct ProxyMetrics {
 /// The handles of what clients did.
 #[derive(Debug, Clone)]
 struct MeasureMetrics {
-    upstream_response: Histogram,
-    client_observed: Histogram,
     injected_delay: Histogram,
     /// By `measure::abandon_labels` order.
     abandoned: Vec<Counter>,
@@ -207,8 +193,6 @@ impl ProxyMetrics {
             requests: http.then(|| counter!(REQUESTS_TOTAL, "proxy" => p())),
             measure: {
                 let m = MeasureMetrics {
-                    upstream_response: histogram!(UPSTREAM_RESPONSE_SECONDS, "proxy" => p()),
-                    client_observed: histogram!(CLIENT_OBSERVED_SECONDS, "proxy" => p()),
                     injected_delay: histogram!(INJECTED_DELAY_SECONDS, "proxy" => p()),
                     abandoned: abandon_labels()
                         .map(|(o, c)| {
@@ -228,20 +212,6 @@ impl ProxyMetrics {
                 m.amplification.set(1.0);
                 Box::new(m)
             },
-        }
-    }
-
-    pub(crate) fn upstream_response(&self, d: Duration) {
-        {
-            let m = &self.measure;
-            m.upstream_response.record(d.as_secs_f64());
-        }
-    }
-
-    pub(crate) fn client_observed(&self, d: Duration) {
-        {
-            let m = &self.measure;
-            m.client_observed.record(d.as_secs_f64());
         }
     }
 
@@ -313,12 +283,49 @@ impl ProxyMetrics {
     }
 }
 
-/// Appends `fallacy_transport_cost_total`, a counter of money: the exporter's counters are
-/// integers, so this one is written here, in the same text format.
-pub(crate) fn render_transport_cost(text: &mut String, links: &[Arc<crate::proxy::Link>]) {
+/// Appends what fallacy keeps itself rather than in the exporter: the latency histograms
+/// (from the fine histograms behind `/stats`: the data path then pays one atomic add per
+/// sample, and nothing accumulates between scrapes) and `fallacy_transport_cost_total` (a
+/// counter of money; the exporter's counters are integers).
+pub(crate) fn render_own(text: &mut String, links: &[Arc<crate::proxy::Link>]) {
     use std::fmt::Write;
     if links.is_empty() {
         return;
+    }
+    let label = |link: &crate::proxy::Link| {
+        let name = link
+            .name()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        format!("proxy=\"{name}\"")
+    };
+    type Pick = fn(&crate::measure::ProxyStats) -> &crate::measure::histogram::LogHistogram;
+    let histograms: [(&str, &str, Pick); 2] = [
+        (
+            UPSTREAM_RESPONSE_SECONDS,
+            "Time from forwarding a request to the upstream's answer (HTTP: the response head; \
+             TCP: the first byte back), without fallacy's delays.",
+            |s| &s.upstream_all,
+        ),
+        (
+            CLIENT_OBSERVED_SECONDS,
+            "Time from a request to the answer the client got (HTTP: the response head; TCP: \
+             the first byte), fallacy's delays included.",
+            |s| &s.observed,
+        ),
+    ];
+    for (name, help, pick) in histograms {
+        let _ = writeln!(text, "# HELP {name} {help}");
+        let _ = writeln!(text, "# TYPE {name} histogram");
+        for link in links {
+            pick(link.stats()).snapshot().write_prometheus(
+                text,
+                name,
+                &label(link),
+                SECONDS_BUCKETS,
+            );
+        }
     }
     let _ = writeln!(
         text,
@@ -328,12 +335,7 @@ pub(crate) fn render_transport_cost(text: &mut String, links: &[Arc<crate::proxy
     let _ = writeln!(text, "# TYPE {TRANSPORT_COST_TOTAL} counter");
     for link in links {
         let cost = crate::measure::ProxyStats::transport_cost(link);
-        let name = link
-            .name()
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = writeln!(text, "{TRANSPORT_COST_TOTAL}{{proxy=\"{name}\"}} {cost}");
+        let _ = writeln!(text, "{TRANSPORT_COST_TOTAL}{{{}}} {cost}", label(link));
     }
 }
 

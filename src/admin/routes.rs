@@ -191,7 +191,7 @@ pub(super) async fn metrics(State(st): S) -> Response {
     let text = st.prometheus.as_ref().map_or_else(String::new, |handle| {
         handle.run_upkeep();
         let mut text = handle.render();
-        crate::metrics::render_transport_cost(&mut text, &links);
+        crate::metrics::render_own(&mut text, &links);
         text
     });
     (

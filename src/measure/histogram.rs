@@ -19,6 +19,7 @@ const BUCKETS: usize = (SUB + POWERS * SUB) as usize;
 pub struct LogHistogram {
     buckets: Box<[AtomicU64]>,
     count: AtomicU64,
+    sum_micros: AtomicU64,
 }
 
 impl std::fmt::Debug for LogHistogram {
@@ -34,6 +35,7 @@ impl Default for LogHistogram {
         LogHistogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
         }
     }
 }
@@ -66,6 +68,7 @@ impl LogHistogram {
         let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.buckets[index(micros)].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
     /// How many durations were counted.
@@ -81,7 +84,8 @@ impl LogHistogram {
             .map(|b| b.load(Ordering::Relaxed))
             .collect();
         let total = counts.iter().sum();
-        Snapshot { counts, total }
+        let sum = Duration::from_micros(self.sum_micros.load(Ordering::Relaxed));
+        Snapshot { counts, total, sum }
     }
 
     /// Forgets everything counted.
@@ -90,6 +94,7 @@ impl LogHistogram {
             b.store(0, Ordering::Relaxed);
         }
         self.count.store(0, Ordering::Relaxed);
+        self.sum_micros.store(0, Ordering::Relaxed);
     }
 }
 
@@ -98,6 +103,7 @@ impl LogHistogram {
 pub struct Snapshot {
     counts: Vec<u64>,
     total: u64,
+    sum: Duration,
 }
 
 impl Snapshot {
@@ -133,6 +139,26 @@ impl Snapshot {
         let last = index(micros);
         let within: u64 = self.counts[..=last].iter().sum();
         Some((self.total - within) as f64 / self.total as f64)
+    }
+
+    /// Prometheus histogram lines (`_bucket` per bound in seconds, `+Inf`, `_sum`, `_count`)
+    /// for a series labelled `labels` (such as `proxy="web"`). A sample counts under a bound
+    /// when its whole bucket lies under it, so a count is exact to the bucket's 1/64.
+    pub fn write_prometheus(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
+        use std::fmt::Write;
+        let mut i = 0;
+        let mut below = 0;
+        for &le in bounds {
+            let limit = (le * 1e6) as u64;
+            while i < self.counts.len() && upper(i) <= limit {
+                below += self.counts[i];
+                i += 1;
+            }
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {below}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.total);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum.as_secs_f64());
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.total);
     }
 
     /// The `q` quantile (0..=1) by the nearest-rank method; `None` when empty.
@@ -183,6 +209,17 @@ mod tests {
         assert_eq!(s.fraction_above(Duration::from_millis(90)), Some(0.1));
         assert_eq!(s.fraction_above(Duration::from_millis(100)), Some(0.0));
         assert_eq!(s.fraction_above(Duration::ZERO), Some(1.0));
+        let mut text = String::new();
+        s.write_prometheus(&mut text, "x_seconds", "proxy=\"p\"", &[0.05, 0.1]);
+        // 50 ms and 100 ms sit in buckets that reach a little past the bound: counted above.
+        assert_eq!(
+            text,
+            "x_seconds_bucket{proxy=\"p\",le=\"0.05\"} 49\n\
+             x_seconds_bucket{proxy=\"p\",le=\"0.1\"} 99\n\
+             x_seconds_bucket{proxy=\"p\",le=\"+Inf\"} 100\n\
+             x_seconds_sum{proxy=\"p\"} 5.05\n\
+             x_seconds_count{proxy=\"p\"} 100\n"
+        );
         h.clear();
         assert_eq!(h.snapshot().quantile(0.5), None);
         assert_eq!(h.snapshot().fraction_above(Duration::ZERO), None);

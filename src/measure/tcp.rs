@@ -148,12 +148,12 @@ impl TcpTrack {
         let stats = link.stats();
         stats.answered.fetch_add(1, Ordering::Relaxed);
         stats.client.record(observed);
-        link.metrics().client_observed(observed);
+        stats.observed.record(observed);
         let (sent, read) = (get(&self.sent), get(&self.read));
         if sent != 0 {
             let upstream = span(sent, read);
             stats.upstream.record(upstream);
-            link.metrics().upstream_response(upstream);
+            stats.upstream_all.record(upstream);
         }
         for a in [
             &self.start,
@@ -232,7 +232,7 @@ impl TcpTrack {
         let late = span(gone, self.now()) > link.measure().abandon_grace;
         let upstream = (sent != 0 && read != 0).then(|| span(sent, read));
         if let Some(u) = upstream.filter(|_| !late) {
-            link.metrics().upstream_response(u);
+            link.stats().upstream_all.record(u);
             if ok {
                 link.stats().upstream.record(u);
             }
