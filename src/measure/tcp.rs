@@ -45,8 +45,8 @@ pub struct TcpTrack {
     faulted: AtomicBool,
     /// A toxic ended the connection (close, reset): a reconnect is a retry.
     fault_ended: AtomicBool,
-    /// Wakes the connection's abandon_grace timer.
-    pub abandon: Notify,
+    /// Fires when an abandonment's outcome is known, ending the wait for it.
+    pub settled: Notify,
 }
 
 impl Default for TcpTrack {
@@ -64,7 +64,7 @@ impl Default for TcpTrack {
             resolved: AtomicBool::new(false),
             faulted: AtomicBool::new(false),
             fault_ended: AtomicBool::new(false),
-            abandon: Notify::new(),
+            settled: Notify::new(),
         }
     }
 }
@@ -110,17 +110,21 @@ impl TcpTrack {
     }
 
     /// Bytes written upstream: the request's first ones start the upstream's clock.
-    pub fn sent_upstream(&self) {
-        if get(&self.start) != 0 && get(&self.sent) == 0 {
-            set(&self.sent, self.now());
+    /// `at_once`: written as they were read, so the request's start is their instant.
+    pub fn sent_upstream(&self, at_once: bool) {
+        let start = get(&self.start);
+        if start != 0 && get(&self.sent) == 0 {
+            set(&self.sent, if at_once { start } else { self.now() });
         }
     }
 
-    /// Bytes from the upstream, which fallacy's toxics release to the client at `release`.
-    pub fn upstream_bytes(&self, link: &Link, release: Instant) {
+    /// Bytes from the upstream, which fallacy's toxics release to the client at `release`
+    /// (`None`: at once). The clock is only read when the bytes answer a request.
+    pub fn upstream_bytes(&self, link: &Link, release: Option<Instant>) {
         if get(&self.start) != 0 && get(&self.read) == 0 {
-            set(&self.read, self.now());
-            set(&self.release, self.at(release));
+            let now = self.now();
+            set(&self.read, now);
+            set(&self.release, release.map_or(now, |r| self.at(r)));
             if get(&self.abandoned) != 0 {
                 self.resolve(link, true);
             }
@@ -128,18 +132,21 @@ impl TcpTrack {
     }
 
     /// Bytes written to the client: the first ones after an answer end the request.
-    pub fn delivered(&self, link: &Link) {
-        if get(&self.start) == 0 || get(&self.read) == 0 || get(&self.abandoned) != 0 {
+    /// `at_once`: written as they were read from the upstream, at that instant.
+    pub fn delivered(&self, link: &Link, at_once: bool) {
+        let read = get(&self.read);
+        if get(&self.start) == 0 || read == 0 || get(&self.abandoned) != 0 {
             return;
         }
+        let now = if at_once { read } else { self.now() };
         if get(&self.fin) != 0 {
             // Half-closed or gone: the end of the connection tells.
             if get(&self.delivered) == 0 {
-                set(&self.delivered, self.now());
+                set(&self.delivered, now);
             }
             return;
         }
-        self.answered(link, self.now());
+        self.answered(link, now);
     }
 
     fn answered(&self, link: &Link, at: u64) {
@@ -192,7 +199,6 @@ impl TcpTrack {
             self.resolve(link, false);
             return false;
         }
-        self.abandon.notify_one();
         true
     }
 
@@ -226,6 +232,7 @@ impl TcpTrack {
         if self.resolved.swap(true, Ordering::Relaxed) {
             return;
         }
+        self.settled.notify_one();
         let (start, gone) = (get(&self.start), get(&self.abandoned));
         let (sent, read) = (get(&self.sent), get(&self.read));
         let at = span(start, gone);

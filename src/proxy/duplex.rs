@@ -175,25 +175,7 @@ pub async fn run<C: Socket, U: Socket>(
     };
     let up = Half::new(Direction::Upstream, &shared, id).run(client, upstream, &shared);
     let down = Half::new(Direction::Downstream, &shared, id).run(upstream, client, &shared);
-    let halves = async { tokio::join!(up, down) };
-    tokio::pin!(halves);
-    let (a, b) = match track {
-        None => halves.await,
-        Some(track) => {
-            let grace = async {
-                track.abandon.notified().await;
-                let grace = link.measure().abandon_grace;
-                tokio::time::sleep(grace).await;
-            };
-            tokio::select! {
-                ended = &mut halves => ended,
-                _ = grace => {
-                    shared.stop.cancel();
-                    halves.await
-                }
-            }
-        }
-    };
+    let (a, b) = tokio::join!(up, down);
     let outcome = match shared.end.load(Ordering::Acquire) {
         END_RESET => Outcome::Reset,
         END_CLOSE => Outcome::Closed,
@@ -217,6 +199,9 @@ enum HalfEnd {
     Ended,
     Stopped,
     Failed(Side),
+    /// The client left with a request unanswered; the other half goes on reading the
+    /// upstream for up to abandon_grace (see [`Half::run`]).
+    Abandoned,
 }
 
 /// A toxic of the chain, as this connection and direction sees it.
@@ -305,12 +290,13 @@ impl Half {
         }
     }
 
-    /// Bytes were written to the destination.
-    fn wrote(&self, shared: &Shared<'_>) {
+    /// Bytes were written to the destination; `at_once` when straight after their read (the
+    /// fast path), so the read's instant stands for the write's and the clock is not read.
+    fn wrote(&self, shared: &Shared<'_>, at_once: bool) {
         if let Some(track) = shared.track {
             match self.dir {
-                Direction::Upstream => track.sent_upstream(),
-                Direction::Downstream => track.delivered(shared.link),
+                Direction::Upstream => track.sent_upstream(at_once),
+                Direction::Downstream => track.delivered(shared.link, at_once),
             }
         }
     }
@@ -320,6 +306,19 @@ impl Half {
         if let HalfEnd::Failed(_) = end {
             // The other direction cannot go on without this one's peer.
             shared.stop.cancel();
+        }
+        if let (HalfEnd::Abandoned, Some(track)) = (end, shared.track) {
+            // The connection ends when the outcome is known, when the other half ends it, or
+            // abandon_grace after the client left, whichever comes first. Waiting here rather
+            // than beside the halves keeps the common path free of another future to poll.
+            let grace = shared.link.measure().abandon_grace;
+            tokio::select! {
+                _ = crate::timer::sleep_until(Instant::now() + grace) => {}
+                _ = track.settled.notified() => {}
+                _ = shared.stop.cancelled() => {}
+            }
+            shared.stop.cancel();
+            return HalfEnd::Ended;
         }
         end
     }
@@ -348,7 +347,7 @@ impl Half {
                         Err(err) => return self.io_failed(err, self.dst_side(), shared),
                     }
                     if self.queued_bytes < before {
-                        self.wrote(shared);
+                        self.wrote(shared, false);
                     }
                 }
                 if let Some(end) = self.due_end(now, dst, shared) {
@@ -410,13 +409,13 @@ impl Half {
                             }
                             if self.chain.is_empty() && self.queue.is_empty() {
                                 if let Some(track) = shared.track.filter(|_| self.dir == Direction::Downstream) {
-                                    track.upstream_bytes(shared.link, Instant::now());
+                                    track.upstream_bytes(shared.link, None);
                                 }
                                 // Fast path: straight from the read buffer.
                                 if let Err(err) = write_all(dst, &buf, stop).await {
                                     return self.write_failed(err, shared);
                                 }
-                                self.wrote(shared);
+                                self.wrote(shared, true);
                                 buf.clear();
                             } else {
                                 let data = buf.split().freeze();
@@ -426,7 +425,7 @@ impl Half {
                                 if let Some(track) = shared.track.filter(|_| self.dir == Direction::Downstream) {
                                     // When the toxics let the answer's first byte go.
                                     let release = self.queue.get(queued).map_or(now, |c| c.at);
-                                    track.upstream_bytes(shared.link, release);
+                                    track.upstream_bytes(shared.link, Some(release));
                                 }
                             }
                             if n < room && buf.is_empty() {
@@ -504,7 +503,7 @@ impl Half {
             match side {
                 // The client vanished with a request unanswered: its upstream leg goes on, to
                 // learn whether the client was right to give up.
-                Side::Client if track.client_gone(shared.link) => return HalfEnd::Ended,
+                Side::Client if track.client_gone(shared.link) => return HalfEnd::Abandoned,
                 Side::Upstream if self.dir == Direction::Downstream => {
                     track.upstream_ended(shared.link)
                 }
