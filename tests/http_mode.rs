@@ -48,13 +48,7 @@ async fn upstream() -> SocketAddr {
                 Body::from_stream(futures_util::stream::iter(pieces))
             }),
         );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let serve = axum::serve(listener, app);
-        let _ = tokio::time::timeout(support::SERVER_LIFETIME, serve).await;
-    });
-    addr
+    support::serve_app(app).await
 }
 
 async fn setup() -> (Fallacy, SocketAddr, String) {

@@ -39,12 +39,7 @@ async fn upstream() -> SocketAddr {
             }),
         )
         .route("/orders", post(|body: String| async move { body }));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(support::SERVER_LIFETIME, axum::serve(listener, app)).await;
-    });
-    addr
+    support::serve_app(app).await
 }
 
 /// A server with one HTTP proxy `web` (plus `extra` fields) in front of [`upstream`].
@@ -84,6 +79,12 @@ fn abandoned(s: &Value, outcome: &str, cause: &str) -> u64 {
     s["abandoned"][outcome][cause].as_u64().unwrap()
 }
 
+/// Asserts that the client gives up on `url` (its timeout fires).
+async fn gives_up(c: &reqwest::Client, url: String) {
+    let err = c.get(&url).send().await.unwrap_err();
+    assert!(err.is_timeout(), "{url}: {err}");
+}
+
 fn impatient() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_millis(100))
@@ -100,39 +101,15 @@ async fn abandoned_requests_count_by_what_the_upstream_did_and_what_made_them_sl
     f.toxic("web", json!({"name": "slow", "type": "http_delay", "attributes": {"latency": 300}, "match": {"path": "/slow"}}))
         .await;
     for _ in 0..3 {
-        assert!(
-            c.get(format!("{base}/slow?ms=1"))
-                .send()
-                .await
-                .unwrap_err()
-                .is_timeout()
-        );
+        gives_up(&c, format!("{base}/slow?ms=1")).await;
     }
     f.call("DELETE", "/proxies/web/toxics/slow", None).await;
     // A slow upstream by itself, answering 200 at 250 ms: a false timeout of its own making.
-    assert!(
-        c.get(format!("{base}/slow?ms=250"))
-            .send()
-            .await
-            .unwrap_err()
-            .is_timeout()
-    );
+    gives_up(&c, format!("{base}/slow?ms=250")).await;
     // A slow upstream that fails: the timeout was right.
-    assert!(
-        c.get(format!("{base}/fail?ms=250"))
-            .send()
-            .await
-            .unwrap_err()
-            .is_timeout()
-    );
+    gives_up(&c, format!("{base}/fail?ms=250")).await;
     // An upstream slower than abandon_grace: nobody knows.
-    assert!(
-        c.get(format!("{base}/slow?ms=2000"))
-            .send()
-            .await
-            .unwrap_err()
-            .is_timeout()
-    );
+    gives_up(&c, format!("{base}/slow?ms=2000")).await;
     // A patient request is no abandonment.
     let ok = reqwest::get(format!("{base}/slow?ms=1")).await.unwrap();
     assert_eq!(ok.status(), 200);
@@ -169,14 +146,7 @@ async fn an_injected_answer_that_the_client_abandons_counts_as_an_injected_error
         json!({"type": "http_delay", "attributes": {"latency": 300, "phase": "request"}}),
     )
     .await;
-    assert!(
-        impatient()
-            .get(format!("{base}/slow"))
-            .send()
-            .await
-            .unwrap_err()
-            .is_timeout()
-    );
+    gives_up(&impatient(), format!("{base}/slow")).await;
     let s = stats_when(&f, |s| s["requests"]["abandoned"] == 1).await;
     assert_eq!(abandoned(&s, "upstream_error", "injected"), 1, "{s:#}");
     assert_eq!(s["timeout_false_positives"], 0);
@@ -438,13 +408,11 @@ async fn stats_count_bytes_and_their_transport_cost() {
     let (f, base) = setup(json!({"price_per_gb": 1000})).await;
     let c = reqwest::Client::new();
     let order = "x".repeat(1000);
-    let r = c
-        .post(format!("{base}/orders"))
-        .body(order.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.text().await.unwrap(), order);
+    let round_trip = || async {
+        let r = c.post(format!("{base}/orders")).body(order.clone()).send();
+        assert_eq!(r.await.unwrap().text().await.unwrap(), order);
+    };
+    round_trip().await;
     let s = stats_when(&f, |s| s["bytes"]["downstream"] == 1000).await;
     assert_eq!(
         s["bytes"],
@@ -461,13 +429,7 @@ async fn stats_count_bytes_and_their_transport_cost() {
         .call("PATCH", "/proxies/web", Some(r#"{"price_per_gb": 0}"#))
         .await;
     assert_eq!(status, 200, "{p}");
-    let r = c
-        .post(format!("{base}/orders"))
-        .body(order.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.text().await.unwrap(), order);
+    round_trip().await;
     let s = stats_when(&f, |s| s["bytes"]["downstream"] == 2000).await;
     let cost = s["transport_cost"].as_f64().unwrap();
     assert!(

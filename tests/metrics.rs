@@ -79,6 +79,18 @@ impl Running {
         p["listen"].as_str().unwrap().parse().unwrap()
     }
 
+    /// An HTTP proxy `name` in front of `app`; returns its base URL.
+    async fn http_proxy(&self, name: &str, app: axum::Router) -> String {
+        let up = support::serve_app(app).await;
+        let p = self
+            .post(
+                "/proxies",
+                json!({"name": name, "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"}),
+            )
+            .await;
+        format!("http://{}", p["listen"].as_str().unwrap())
+    }
+
     async fn scrape(&self) -> String {
         let resp = self
             .http
@@ -221,23 +233,13 @@ async fn http_proxies_count_requests_and_body_bytes() {
         "/echo",
         axum::routing::post(|body: axum::body::Bytes| async move { body }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(support::SERVER_LIFETIME, axum::serve(listener, app)).await;
-    });
-    let p = f
-        .post(
-            "/proxies",
-            json!({"name": "web-bytes", "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"}),
-        )
-        .await;
+    let base = f.http_proxy("web-bytes", app).await;
     f.proxy("tcp-no-requests", dead_addr().await).await;
     let c = reqwest::Client::new();
     let body = vec![7u8; 100_000];
     for _ in 0..3 {
         let r = c
-            .post(format!("http://{}/echo", p["listen"].as_str().unwrap()))
+            .post(format!("{base}/echo"))
             .body(body.clone())
             .send()
             .await
@@ -275,18 +277,7 @@ async fn http_measurement_metrics_count_what_clients_did() {
             "/echo",
             axum::routing::post(|body: axum::body::Bytes| async move { body }),
         );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(support::SERVER_LIFETIME, axum::serve(listener, app)).await;
-    });
-    let p = f
-        .post(
-            "/proxies",
-            json!({"name": "web-measure", "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"}),
-        )
-        .await;
-    let base = format!("http://{}", p["listen"].as_str().unwrap());
+    let base = f.http_proxy("web-measure", app).await;
     let series = |name: &str, labels: &str| format!("{name}{{proxy=\"web-measure\"{labels}}}");
     // Present at 0 before anything happened.
     f.expect(&series("fallacy_timeout_false_positive_total", ""), 0.0)

@@ -4,13 +4,14 @@
 //! four orders tried three times each against an injected 503. The counts read back through
 //! Prometheus's HTTP API are exact. `promtool check metrics` lints the exposition.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 /// Kills the process on drop: every server this test starts stops with it.
 struct Guard(Child);
@@ -32,6 +33,34 @@ fn require(tool: &str) -> String {
     path
 }
 
+/// Runs `promtool ARGS`, feeding it `stdin`, and asserts it is content.
+fn promtool(args: &[&str], stdin: Option<&str>) {
+    let mut child = Command::new(require("promtool"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn scrape(http: &reqwest::Client, admin: SocketAddr) -> String {
+    let response = http.get(format!("http://{admin}/metrics")).send().await;
+    response.unwrap().text().await.unwrap()
+}
+
 /// A port that was free a moment ago: Prometheus takes its listen address on the command
 /// line and cannot report a port it picked itself.
 fn free_port() -> u16 {
@@ -49,12 +78,7 @@ async fn upstream() -> SocketAddr {
             "/orders",
             axum::routing::post(|body: String| async move { body }),
         );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_secs(120), axum::serve(listener, app)).await;
-    });
-    addr
+    support::serve_app(app).await
 }
 
 /// Starts `fallacy serve` on 127.0.0.1:0 and returns its admin address (from its start-up
@@ -112,7 +136,6 @@ async fn expect(http: &reqwest::Client, prom: &str, query: &str, want: f64) {
 #[tokio::test]
 async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
     let prometheus = require("prometheus");
-    let promtool = require("promtool");
     let (_fallacy, admin) = fallacy();
     let http = reqwest::Client::new();
     let up = upstream().await;
@@ -151,16 +174,7 @@ async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fallacy\n    static_configs:\n      - targets: ['{admin}']\n"
     )
     .unwrap();
-    let check = Command::new(&promtool)
-        .args(["check", "config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    promtool(&["check", "config", config.to_str().unwrap()], None);
     let port = free_port();
     let prom = format!("http://127.0.0.1:{port}");
     let _prometheus = Guard(
@@ -206,103 +220,43 @@ async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
     }
 
     let job = r#"job="fallacy",proxy="web""#;
-    expect(
-        &http,
-        &prom,
-        &format!("fallacy_timeout_false_positive_total{{{job}}}"),
-        5.0,
-    )
-    .await;
-    expect(
-        &http,
-        &prom,
-        &format!(
-            r#"fallacy_client_abandoned_total{{{job},outcome="upstream_ok",cause="injected"}}"#
+    for (query, want) in [
+        (
+            format!("fallacy_timeout_false_positive_total{{{job}}}"),
+            5.0,
         ),
-        5.0,
-    )
-    .await;
-    expect(
-        &http,
-        &prom,
-        &format!(r#"sum(fallacy_client_abandoned_total{{{job}}})"#),
-        5.0,
-    )
-    .await;
-    expect(
-        &http,
-        &prom,
-        &format!("fallacy_retries_total{{{job}}}"),
-        8.0,
-    )
-    .await;
-    expect(
-        &http,
-        &prom,
-        &format!("fallacy_requests_total{{{job}}}"),
-        17.0,
-    )
-    .await;
-    // 17 attempts for 9 logical requests in the last minute.
-    expect(
-        &http,
-        &prom,
-        &format!("fallacy_retry_amplification{{{job}}}"),
-        17.0 / 9.0,
-    )
-    .await;
-    // Once the 1 s retry window has passed, every logical request is closed: five of one
-    // attempt, four of three.
-    expect(
-        &http,
-        &prom,
-        &format!(r#"fallacy_request_attempts_bucket{{{job},le="1"}}"#),
-        5.0,
-    )
-    .await;
-    expect(
-        &http,
-        &prom,
-        &format!(r#"fallacy_request_attempts_bucket{{{job},le="3"}}"#),
-        9.0,
-    )
-    .await;
-    expect(
-        &http,
-        &prom,
-        &format!("fallacy_injected_delay_seconds_count{{{job}}}"),
-        5.0,
-    )
-    .await;
+        (
+            format!(
+                r#"fallacy_client_abandoned_total{{{job},outcome="upstream_ok",cause="injected"}}"#
+            ),
+            5.0,
+        ),
+        (format!("sum(fallacy_client_abandoned_total{{{job}}})"), 5.0),
+        (format!("fallacy_retries_total{{{job}}}"), 8.0),
+        (format!("fallacy_requests_total{{{job}}}"), 17.0),
+        // 17 attempts for 9 logical requests in the last minute.
+        (format!("fallacy_retry_amplification{{{job}}}"), 17.0 / 9.0),
+        // Once the 1 s retry window has passed, every logical request is closed: five of one
+        // attempt, four of three.
+        (
+            format!(r#"fallacy_request_attempts_bucket{{{job},le="1"}}"#),
+            5.0,
+        ),
+        (
+            format!(r#"fallacy_request_attempts_bucket{{{job},le="3"}}"#),
+            9.0,
+        ),
+        (
+            format!("fallacy_injected_delay_seconds_count{{{job}}}"),
+            5.0,
+        ),
+    ] {
+        expect(&http, &prom, &query, want).await;
+    }
 
     // promtool's lint of the exposition itself.
-    let text = http
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut lint = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    lint.stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = lint.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = scrape(&http, admin).await;
+    promtool(&["check", "metrics"], Some(&text));
 }
 
 /// `config/grafana/fallacy.json`: panels for the false-timeout rate, amplification, latency
@@ -310,7 +264,6 @@ async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
 /// names only metrics the real binary exports, with the right type for histogram series.
 #[tokio::test]
 async fn the_grafana_dashboard_queries_only_metrics_fallacy_exports() {
-    let promtool = require("promtool");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("config/grafana/fallacy.json")).unwrap(),
@@ -372,17 +325,7 @@ async fn the_grafana_dashboard_queries_only_metrics_fallacy_exports() {
         ));
     }
     std::fs::write(&rules, text).unwrap();
-    let check = Command::new(&promtool)
-        .args(["check", "rules"])
-        .arg(&rules)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    promtool(&["check", "rules", rules.to_str().unwrap()], None);
 
     // What the real binary exports, after an HTTP proxy served a request through a toxic.
     let (_fallacy, admin) = fallacy();
@@ -411,14 +354,7 @@ async fn the_grafana_dashboard_queries_only_metrics_fallacy_exports() {
             .status(),
         200
     );
-    let exposition = http
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposition = scrape(&http, admin).await;
     let types: std::collections::HashMap<&str, &str> = exposition
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

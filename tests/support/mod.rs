@@ -105,6 +105,17 @@ impl Drop for Fallacy {
     }
 }
 
+/// Serves an axum app on 127.0.0.1:0 until the test's runtime ends, and at most
+/// [`SERVER_LIFETIME`]; returns its address.
+pub async fn serve_app(app: axum::Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(SERVER_LIFETIME, axum::serve(listener, app)).await;
+    });
+    addr
+}
+
 /// An upstream that echoes every byte, and on EOF finishes echoing then shuts down its write
 /// side (so half-close can be observed end to end).
 pub struct Echo {
