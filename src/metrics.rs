@@ -34,7 +34,7 @@ pub const ADMIN_REQUESTS_TOTAL: &str = "fallacy_admin_requests_total";
 pub const UPSTREAM_RESPONSE_SECONDS: &str = "fallacy_upstream_response_seconds";
 /// Times from a request's head to its response head, as the client saw them.
 pub const CLIENT_OBSERVED_SECONDS: &str = "fallacy_client_observed_seconds";
-/// Delays fallacy planned before response heads.
+/// Delays fallacy added to requests.
 pub const INJECTED_DELAY_SECONDS: &str = "fallacy_injected_delay_seconds";
 /// Requests the client gave up on before the response head, by outcome and cause.
 pub const CLIENT_ABANDONED_TOTAL: &str = "fallacy_client_abandoned_total";
@@ -102,7 +102,8 @@ pub fn describe() {
     describe_histogram!(
         INJECTED_DELAY_SECONDS,
         metrics::Unit::Seconds,
-        "HTTP: delay fallacy planned before a response head (http_delay), per delayed request."
+        "Delay fallacy added to a request: HTTP, the delay planned before the response head; \
+         TCP, the time toxics held the request and the first byte of its answer (from 0.1 ms)."
     );
     describe_counter!(
         CLIENT_ABANDONED_TOTAL,

@@ -133,6 +133,40 @@ async fn abandoned_requests_count_by_what_the_upstream_did_and_what_made_them_sl
     assert!((295.0..400.0).contains(&p90), "{s:#}");
 }
 
+/// An HTTP/2 client that gives up resets its stream, not the connection: that is an
+/// abandonment too, and the connection serves on.
+#[tokio::test]
+async fn an_h2_stream_reset_is_an_abandonment() {
+    let (f, base) = setup(json!({})).await;
+    f.toxic("web", json!({"name": "slow", "type": "http_delay", "attributes": {"latency": 300}, "match": {"path": "/slow"}}))
+        .await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let err = c
+        .get(format!("{base}/slow"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    let ok = c
+        .post(format!("{base}/orders"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.version(), reqwest::Version::HTTP_2);
+    assert_eq!(ok.text().await.unwrap(), "x");
+    let s = stats_when(&f, |s| s["requests"]["abandoned"] == 1).await;
+    assert_eq!(abandoned(&s, "upstream_ok", "injected"), 1, "{s:#}");
+    assert_eq!(
+        s["connections_total"], 1,
+        "one h2 connection for both: {s:#}"
+    );
+}
+
 #[tokio::test]
 async fn an_injected_answer_that_the_client_abandons_counts_as_an_injected_error() {
     let (f, base) = setup(json!({})).await;

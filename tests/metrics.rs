@@ -366,3 +366,49 @@ async fn http_measurement_metrics_count_what_clients_did() {
         );
     }
 }
+
+/// TCP proxies measure requests too: a round trip through a 20 ms latency toxic is one
+/// answered request, 20 ms of injected delay, and client-observed and upstream latencies.
+#[tokio::test]
+async fn tcp_requests_show_their_latency_and_injected_delay() {
+    let f = Running::start().await;
+    let echo = Echo::start().await;
+    let addr = f.proxy("tcp-latency", echo.addr).await;
+    f.post(
+        "/proxies/tcp-latency/toxics",
+        json!({"type": "latency", "attributes": {"latency": 20}}),
+    )
+    .await;
+    let mut s = connect(addr).await;
+    round_trip(&mut s, b"ping").await;
+    f.expect(
+        r#"fallacy_injected_delay_seconds_bucket{proxy="tcp-latency",le="0.025"}"#,
+        1.0,
+    )
+    .await;
+    f.expect(
+        r#"fallacy_injected_delay_seconds_bucket{proxy="tcp-latency",le="0.01"}"#,
+        0.0,
+    )
+    .await;
+    f.expect(
+        r#"fallacy_client_observed_seconds_count{proxy="tcp-latency"}"#,
+        1.0,
+    )
+    .await;
+    f.expect(
+        r#"fallacy_upstream_response_seconds_count{proxy="tcp-latency"}"#,
+        1.0,
+    )
+    .await;
+    f.expect(
+        r#"fallacy_client_observed_seconds_bucket{proxy="tcp-latency",le="0.01"}"#,
+        0.0,
+    )
+    .await;
+    f.expect(
+        r#"fallacy_upstream_response_seconds_bucket{proxy="tcp-latency",le="0.01"}"#,
+        1.0,
+    )
+    .await;
+}

@@ -22,6 +22,9 @@ use tokio::time::Instant;
 use super::{Cause, Outcome, abandoned};
 use crate::proxy::Link;
 
+/// Below this, time a request spent in fallacy is its own work, not an injected delay.
+const INJECTED_FLOOR: Duration = Duration::from_micros(100);
+
 /// One TCP connection's request bookkeeping.
 #[derive(Debug)]
 pub struct TcpTrack {
@@ -161,6 +164,11 @@ impl TcpTrack {
             let upstream = span(sent, read);
             stats.upstream.record(upstream);
             stats.upstream_all.record(upstream);
+            // What fallacy held: the request on its way up, the answer on its way back.
+            let injected = span(start, sent) + span(read, at);
+            if injected >= INJECTED_FLOOR {
+                link.metrics().injected_delay(injected);
+            }
         }
         for a in [
             &self.start,
