@@ -471,7 +471,7 @@ impl Report {
 
     /// The same figures for machines.
     pub fn to_json(&self) -> Value {
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let ms = crate::measure::millis;
         json!({
             "requests": self.options.requests,
             "concurrency": self.options.concurrency,

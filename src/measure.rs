@@ -369,13 +369,19 @@ impl ProxyStats {
     }
 }
 
+/// Milliseconds to the microsecond, as the JSON answers show them (the histograms hold
+/// microseconds; more digits would be float noise).
+pub fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
 /// `GET /proxies/{p}/stats`: the live figures as JSON.
 pub fn stats_json(link: &Link) -> Value {
     let counts = ProxyStats::refresh(link);
     let stats = link.stats();
     let quantiles = |h: &LogHistogram| {
         let s = h.snapshot();
-        let q = |q: f64| s.quantile(q).map(|d| d.as_secs_f64() * 1000.0);
+        let q = |q: f64| s.quantile(q).map(millis);
         json!({
             "samples": s.total(),
             "p50_ms": q(0.5), "p90_ms": q(0.9), "p99_ms": q(0.99), "p999_ms": q(0.999),
@@ -431,7 +437,7 @@ pub fn stats_json(link: &Link) -> Value {
 pub fn advice_json(link: &Link, rate: f64) -> Result<Value, advice::NoAdvice> {
     let stats = link.stats();
     let a = advice::advise(&stats.client.snapshot(), rate)?;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let ms = millis;
     let upstream_only = advice::advise(&stats.upstream.snapshot(), rate)
         .ok()
         .map(|u| {
