@@ -12,10 +12,12 @@
 //! longer how-to.
 
 mod bandwidth;
+mod corrupt;
 pub mod distribution;
 pub mod http_faults;
 mod latency;
 mod limit_data;
+pub mod loss;
 pub mod profile;
 mod reset_peer;
 mod slicer;
@@ -209,15 +211,28 @@ impl ToxicSpec {
     }
 
     /// For a `connect_delay` toxic that applies to this connection: how long to wait before
-    /// dialling the upstream. `None` for other toxics or when the toxicity draw says no.
+    /// dialling the upstream; for `loss`, what lost SYNs cost (`Duration::MAX` when every try
+    /// is lost). `None` for other toxics or when the toxicity draw says no.
     pub fn connect_delay(&self, cx: &mut ToxicCx) -> Option<std::time::Duration> {
-        let ToxicKind::ConnectDelay(attrs) = &self.kind else {
-            return None;
-        };
-        if !self.applies(cx) {
-            return None;
+        match &self.kind {
+            ToxicKind::ConnectDelay(attrs) if self.applies(cx) => {
+                Some(latency::Latency::new(attrs).draw(0, cx))
+            }
+            ToxicKind::Loss(attrs) if self.applies(cx) => {
+                let model = attrs.model.as_ref()?;
+                Some(
+                    model
+                        .syn_delay(&mut cx.rng)
+                        .unwrap_or(std::time::Duration::MAX),
+                )
+            }
+            _ => None,
         }
-        Some(latency::Latency::new(attrs).draw(0, cx))
+    }
+
+    /// Whether the toxic acts when a connection is dialled (`connect_delay`, `loss`'s SYNs).
+    pub fn acts_on_connect(&self) -> bool {
+        matches!(self.kind, ToxicKind::ConnectDelay(_) | ToxicKind::Loss(_))
     }
 }
 

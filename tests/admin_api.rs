@@ -455,6 +455,52 @@ async fn negative_numbers_are_accepted() {
     400,
     "attributes.burst"
 )]
+#[case::loss_without_rate(r#"{"type": "loss"}"#, 400, "attributes.rate: required")]
+#[case::loss_rate_range(
+    r#"{"type": "loss", "attributes": {"rate": 1.5}}"#,
+    400,
+    "attributes.rate: must be a probability between 0 and 1, got 1.5"
+)]
+#[case::loss_rate_and_bursts(
+    r#"{"type": "loss", "attributes": {"rate": 0.1, "p": 0.1, "r": 0.5}}"#,
+    400,
+    "attributes.rate: give either rate"
+)]
+#[case::loss_p_without_r(
+    r#"{"type": "loss", "attributes": {"p": 0.1}}"#,
+    400,
+    "attributes.r: required with p"
+)]
+#[case::loss_endless_burst(
+    r#"{"type": "loss", "attributes": {"p": 0.1, "r": 0}}"#,
+    400,
+    "attributes.r: must be above 0"
+)]
+#[case::loss_good_with_rate(
+    r#"{"type": "loss", "attributes": {"rate": 0.1, "loss_good": 0.1}}"#,
+    400,
+    "attributes.loss_good: belongs to the Gilbert-Elliott model"
+)]
+#[case::loss_negative_rtt(
+    r#"{"type": "loss", "attributes": {"rate": 0.1, "rtt": -5}}"#,
+    400,
+    "attributes.rtt: must not be negative"
+)]
+#[case::loss_mss(
+    r#"{"type": "loss", "attributes": {"rate": 0.1, "mss": 10}}"#,
+    400,
+    "attributes.mss: must be 64 to 65535 bytes, got 10"
+)]
+#[case::loss_rate_string(
+    r#"{"type": "loss", "attributes": {"rate": "often"}}"#,
+    400,
+    "attributes.rate"
+)]
+#[case::corrupt_range(
+    r#"{"type": "corrupt", "attributes": {"rate": -0.1}}"#,
+    400,
+    "attributes.rate: must be a fraction of bytes between 0 and 1"
+)]
 #[tokio::test]
 async fn toxic_create_rejections(#[case] body: &str, #[case] status: u16, #[case] message: &str) {
     let (f, _echo) = with_proxy().await;

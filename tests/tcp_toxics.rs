@@ -55,6 +55,9 @@ async fn echo_through(addr: std::net::SocketAddr, data: &[u8]) -> Vec<u8> {
 #[case::slicer(Some(json!({"type": "slicer", "attributes": {"average_size": 700, "size_variation": 300, "delay": 10}})))]
 #[case::slow_close(Some(json!({"type": "slow_close", "attributes": {"delay": 10}})))]
 #[case::limit_data_not_reached(Some(json!({"type": "limit_data", "attributes": {"bytes": 100000000}})))]
+#[case::loss(Some(json!({"type": "loss", "attributes": {"rate": 0.001, "rtt": "1ms", "rto_min": "2ms"}})))]
+#[case::loss_bursts(Some(json!({"type": "loss", "attributes": {"p": 0.001, "r": 0.5, "rtt": "1ms", "rto_min": "2ms"}})))]
+#[case::corrupt_none(Some(json!({"type": "corrupt", "attributes": {"rate": 0}})))]
 #[tokio::test]
 async fn bytes_are_exact_both_ways_and_half_close_is_kept(#[case] toxic: Option<Value>) {
     let (f, _echo, addr) = setup().await;
@@ -608,4 +611,45 @@ async fn a_slow_reader_gets_every_byte(#[case] toxic: Option<Value>) {
         .expect("the transfer stalled: a wake-up was lost");
     assert_eq!(out.len(), data.len());
     assert!(out == data, "bytes differ");
+}
+
+/// `loss` on a deterministic pattern: Gilbert-Elliott with p = r = 1 flips state on every
+/// segment, so every other try is lost. The first SYN is lost (the dial waits 1 s); each
+/// one-segment message is a tail loss whose retransmission arrives: one RTO (rtt + rto_min).
+#[tokio::test]
+async fn loss_costs_a_syn_retry_and_a_timeout_per_lost_tail_segment() {
+    let (f, _echo, addr) = setup().await;
+    f.toxic(
+        "p",
+        json!({"type": "loss", "stream": "upstream",
+               "attributes": {"p": 1, "r": 1, "rtt": "10ms", "rto_min": "40ms"}}),
+    )
+    .await;
+    let mut s = connect(addr).await;
+    let took = round_trip(&mut s, b"first").await;
+    assert_took(took, Duration::from_millis(1050), SLACK);
+    for msg in [&b"second"[..], b"third", b"fourth"] {
+        let took = round_trip(&mut s, msg).await;
+        assert_took(took, Duration::from_millis(50), SLACK);
+    }
+    // Bytes pass whole and in order: 100 KB of segments, every other one lost and recovered.
+    drop(s);
+    let data = random_bytes(100_000, 7);
+    assert!(echo_through(addr, &data).await == data);
+}
+
+/// `corrupt` at rate 1 flips exactly one bit in every byte, and never changes the length.
+#[tokio::test]
+async fn corrupt_flips_one_bit_per_corrupted_byte() {
+    let (f, _echo, addr) = setup().await;
+    f.toxic("p", json!({"type": "corrupt", "attributes": {"rate": 1.0}}))
+        .await;
+    let data = random_bytes(50_000, 8);
+    let back = echo_through(addr, &data).await;
+    assert_eq!(back.len(), data.len());
+    assert!(
+        back.iter()
+            .zip(&data)
+            .all(|(a, b)| (a ^ b).count_ones() == 1)
+    );
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +12,7 @@ use super::{ConnError, Link, duplex};
 use crate::measure::{self, TcpTrack};
 use crate::metrics;
 use crate::toxic::ToxicCx;
+use crate::toxic::loss::SYN_GIVE_UP;
 
 /// Runs one connection to completion. Never panics on network errors; everything is logged
 /// and counted.
@@ -27,11 +29,20 @@ pub async fn handle(
     // not add latency nobody asked for.
     let _ = client.set_nodelay(true);
     if let Some(delay) = connect_delay(&link, id) {
-        // Connection setup cost: the dial waits, as a slow handshake would.
-        let deadline = tokio::time::Instant::now() + delay;
+        // Connection setup cost: the dial waits, as a slow handshake would. Every SYN lost:
+        // the kernel's connect() gives up after its last retry, and so does this one.
+        let gave_up = delay == Duration::MAX;
+        let wait = if gave_up { SYN_GIVE_UP } else { delay };
+        let deadline = tokio::time::Instant::now() + wait;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = crate::timer::sleep_until(deadline) => {}
+        }
+        if gave_up {
+            link.metrics().upstream_connect_error();
+            warn!(proxy = %link.name(), %peer, "closing client: every SYN was lost (loss toxic)");
+            measure::tcp_connection_ended(&link, peer.ip(), started, true);
+            return;
         }
     }
     let upstream = tokio::select! {
@@ -65,10 +76,7 @@ pub async fn handle(
 /// The total `connect_delay` of the toxics that apply to this connection.
 fn connect_delay(link: &Link, id: u64) -> Option<std::time::Duration> {
     let toxics = link.toxics();
-    let mut specs = toxics
-        .iter()
-        .filter(|t| !t.kind.acts_on_stream())
-        .peekable();
+    let mut specs = toxics.iter().filter(|t| t.acts_on_connect()).peekable();
     specs.peek()?;
     // A generator of its own: the halves' draws stay what they would be without this toxic.
     let mut cx = ToxicCx {
@@ -76,7 +84,7 @@ fn connect_delay(link: &Link, id: u64) -> Option<std::time::Duration> {
     };
     specs
         .filter_map(|t| t.connect_delay(&mut cx))
-        .reduce(|a, b| a + b)
+        .reduce(|a, b| a.saturating_add(b))
 }
 
 /// The seeding stream for connect-time draws (0 and 1 are the directions).

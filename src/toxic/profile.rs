@@ -7,7 +7,8 @@
 //! at the profile's downlink (downstream toxic) or uplink (upstream toxic) rate.
 //!
 //! `mix = {lte = 0.7, "3g" = 0.3}` gives each connection one profile, drawn with these weights.
-//! Loss is not applied yet (it needs the `loss` toxic); `docs/profiles.md` lists the rates.
+//! A profile with a loss rate also runs the `loss` model (independent losses, the connection's
+//! round trip as `rtt`, Linux's 200 ms `rto_min`) between the bottleneck and the propagation.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,8 +16,11 @@ use std::time::Duration;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use super::bandwidth::Bandwidth;
 use super::distribution::Distribution;
+use super::loss::{DEFAULT_MSS, DEFAULT_RTO_MIN, Loss, LossModel, LossProcess};
 use super::spec::{AttrError, BandwidthAttrs, Direction};
 use super::{Chunk, Toxic, ToxicCx, Verdict};
 
@@ -35,6 +39,8 @@ pub struct Profile {
     pub p99_ms: f64,
     /// A physical floor, where there is one (a GEO satellite hop cannot be faster).
     pub min_ms: Option<f64>,
+    /// Chance a segment is lost (0 where no source gives a figure).
+    pub loss: f64,
 }
 
 /// The built-in profiles (sources: docs/profiles.md).
@@ -48,6 +54,7 @@ pub const PROFILES: &[Profile] = &[
         p50_ms: 150.0,
         p99_ms: 700.0,
         min_ms: None,
+        loss: 0.0,
     },
     // WebPageTest "LTE" 12 Mbit/s down, measured 6 Mbit/s median uplink; 70 ms RTT median.
     Profile {
@@ -57,8 +64,10 @@ pub const PROFILES: &[Profile] = &[
         p50_ms: 35.0,
         p99_ms: 340.0,
         min_ms: None,
+        loss: 0.0,
     },
-    // Firefox DevTools "Wi-Fi" 30/15 Mbit/s; 20 ms RTT median, 250 ms RTT p99 (Sui et al. 2016).
+    // Firefox DevTools "Wi-Fi" 30/15 Mbit/s; 20 ms RTT median, 250 ms RTT p99 (Sui et al. 2016);
+    // 10 % loss (MSR 2009, an 802.11 frame-loss figure: an upper bound for what TCP sees).
     Profile {
         name: "wifi-lossy",
         down_kbps: 3750,
@@ -66,6 +75,7 @@ pub const PROFILES: &[Profile] = &[
         p50_ms: 10.0,
         p99_ms: 125.0,
         min_ms: None,
+        loss: 0.10,
     },
     // GEO satellite (Ookla Q2 2021: HughesNet/Viasat medians ~600+ ms RTT, 18/3.4 Mbit/s); one
     // hop to geostationary orbit and back is at least ~239 ms one way.
@@ -76,6 +86,7 @@ pub const PROFILES: &[Profile] = &[
         p50_ms: 315.0,
         p99_ms: 500.0,
         min_ms: Some(239.0),
+        loss: 0.0,
     },
     // AWS us-east-1 <-> eu-west-1: ~74 ms RTT; 5 Gbit/s per flow between regions.
     Profile {
@@ -85,6 +96,7 @@ pub const PROFILES: &[Profile] = &[
         p50_ms: 37.0,
         p99_ms: 55.0,
         min_ms: None,
+        loss: 0.0,
     },
 ];
 
@@ -172,6 +184,7 @@ pub(super) struct ProfileToxic {
     pub(super) profile: &'static str,
     delay: Duration,
     bandwidth: Bandwidth,
+    loss: Option<Loss>,
 }
 
 impl ProfileToxic {
@@ -197,10 +210,21 @@ impl ProfileToxic {
             Direction::Upstream => profile.up_kbps,
         };
         tracing::debug!(profile = profile.name, delay_ms = ms, %direction, "profile drawn");
+        let delay = Duration::from_secs_f64(ms / 1e3);
+        let loss = (profile.loss > 0.0).then(|| {
+            Loss::new(Arc::new(LossModel {
+                process: LossProcess::Bernoulli(profile.loss),
+                // The path's round trip: this one-way latency, both ways.
+                rtt: delay * 2,
+                rto_min: DEFAULT_RTO_MIN,
+                mss: DEFAULT_MSS,
+            }))
+        });
         ProfileToxic {
             #[cfg(test)]
             profile: profile.name,
-            delay: Duration::from_secs_f64(ms / 1e3),
+            delay,
+            loss,
             bandwidth: Bandwidth::new(&BandwidthAttrs {
                 rate,
                 ..BandwidthAttrs::default()
@@ -211,9 +235,18 @@ impl ProfileToxic {
 
 impl Toxic for ProfileToxic {
     fn on_chunk(&mut self, chunk: Chunk, cx: &mut ToxicCx, out: &mut Vec<Chunk>) -> Verdict {
-        // Serialisation on the bottleneck first, then propagation.
+        // Serialisation on the bottleneck first, then loss recovery, then propagation.
         let start = out.len();
-        let verdict = self.bandwidth.on_chunk(chunk, cx, out);
+        let mut verdict = self.bandwidth.on_chunk(chunk, cx, out);
+        if let Some(loss) = self.loss.as_mut() {
+            let paced: Vec<Chunk> = out.drain(start..).collect();
+            for c in paced {
+                let v = loss.on_chunk(c, cx, out);
+                if v != Verdict::Continue {
+                    verdict = v;
+                }
+            }
+        }
         for c in &mut out[start..] {
             c.at += self.delay;
         }

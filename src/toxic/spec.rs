@@ -41,6 +41,8 @@ pub const TOXIC_TYPES: &[&str] = &[
     "noop",
     "connect_delay",
     "profile",
+    "loss",
+    "corrupt",
     "http_abort",
     "http_delay",
     "maintenance",
@@ -357,6 +359,10 @@ pub enum ToxicKind {
     ConnectDelay(Box<LatencyAttrs>),
     /// A named network: latency and bandwidth together.
     Profile(ProfileAttrs),
+    /// TCP segment loss, charged as the delay of its recovery.
+    Loss(Box<LossAttrs>),
+    /// Bit flips in a share of the bytes (destructive).
+    Corrupt(CorruptAttrs),
     /// HTTP: answer with a status (or reset) without asking the upstream.
     HttpAbort(HttpAbortAttrs),
     /// HTTP: delay a request or its response, with any latency distribution.
@@ -489,6 +495,48 @@ pub struct LimitDataAttrs {
     pub bytes: i64,
 }
 
+/// `loss` attributes: `rate`, or Gilbert-Elliott's `p`, `r`, `loss_good`, `loss_bad`; and the
+/// path being modelled. Shown as given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LossAttrs {
+    /// Chance per segment, independently.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Gilbert-Elliott: chance per segment of going from good to bad.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p: Option<f64>,
+    /// Gilbert-Elliott: chance per segment of going from bad to good.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub r: Option<f64>,
+    /// Gilbert-Elliott: loss chance in the good state (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_good: Option<f64>,
+    /// Gilbert-Elliott: loss chance in the bad state (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_bad: Option<f64>,
+    /// The modelled round trip (default 50 ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt: Option<Millis>,
+    /// The retransmission timeout's floor (default 200 ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rto_min: Option<Millis>,
+    /// Segment size in bytes (default 1448).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mss: Option<i64>,
+    /// The validated model, built when the attributes are decoded.
+    #[serde(skip)]
+    pub(crate) model: Option<Arc<super::loss::LossModel>>,
+}
+
+/// `corrupt` attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CorruptAttrs {
+    /// The fraction of bytes (0..1) that get one random bit flipped.
+    pub rate: f64,
+}
+
 /// `noop` has no attributes and shows `{}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NoopAttrs {}
@@ -507,6 +555,8 @@ impl ToxicKind {
             ToxicKind::Noop(_) => "noop",
             ToxicKind::ConnectDelay(_) => "connect_delay",
             ToxicKind::Profile(_) => "profile",
+            ToxicKind::Loss(_) => "loss",
+            ToxicKind::Corrupt(_) => "corrupt",
             ToxicKind::HttpAbort(_) => "http_abort",
             ToxicKind::HttpDelay(_) => "http_delay",
             ToxicKind::Maintenance(_) => "maintenance",
@@ -579,6 +629,16 @@ impl ToxicKind {
                 ToxicKind::ConnectDelay(Box::new(attrs))
             }
             "profile" => ToxicKind::Profile(de::<ProfileAttrs>(attributes)?.resolve()?),
+            "loss" => {
+                let mut attrs: LossAttrs = de(attributes)?;
+                attrs.model = Some(Arc::new(super::loss::LossModel::build(&attrs)?));
+                ToxicKind::Loss(Box::new(attrs))
+            }
+            "corrupt" => {
+                let attrs: CorruptAttrs = de(attributes)?;
+                super::corrupt::check(&attrs)?;
+                ToxicKind::Corrupt(attrs)
+            }
             "http_abort" => {
                 let attrs: HttpAbortAttrs = de(attributes)?;
                 attrs.check()?;
@@ -630,6 +690,8 @@ impl ToxicKind {
         let value = match self {
             ToxicKind::Latency(a) | ToxicKind::ConnectDelay(a) => serde_json::to_value(a),
             ToxicKind::Profile(a) => serde_json::to_value(a),
+            ToxicKind::Loss(a) => serde_json::to_value(a),
+            ToxicKind::Corrupt(a) => serde_json::to_value(a),
             ToxicKind::Bandwidth(a) => serde_json::to_value(a),
             ToxicKind::SlowClose(a) => serde_json::to_value(a),
             ToxicKind::Timeout(a) | ToxicKind::ResetPeer(a) => serde_json::to_value(a),
@@ -668,6 +730,12 @@ impl ToxicKind {
             ToxicKind::Slicer(a) => Box::new(Slicer::new(a)),
             ToxicKind::LimitData(a) => Box::new(LimitData::new(a)),
             ToxicKind::Profile(a) => Box::new(ProfileToxic::new(a, direction, cx)),
+            ToxicKind::Loss(a) => match &a.model {
+                Some(model) => Box::new(super::loss::Loss::new(model.clone())),
+                // Decoding always builds the model.
+                None => Box::new(Noop),
+            },
+            ToxicKind::Corrupt(a) => Box::new(super::corrupt::Corrupt::new(a)),
             // Acts before the stream exists (see `proxy::conn`), or on requests (see
             // `http::faults`): nothing to do per chunk.
             ToxicKind::Noop(_)

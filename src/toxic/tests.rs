@@ -419,3 +419,35 @@ fn a_profile_paces_at_its_rate_and_delays_by_its_path_latency() {
     assert!(last >= Duration::from_millis(249), "{last:?}");
     assert!(last < Duration::from_millis(2000), "{last:?}");
 }
+
+/// `wifi-lossy` loses 10 % of its segments: a one-segment chunk that is lost is a tail loss and
+/// waits an RTO (its round trip + 200 ms) on top of the path latency; the others do not.
+#[test]
+fn a_lossy_profile_charges_recovery_to_about_its_loss_rate() {
+    let ToxicKind::Profile(attrs) =
+        ToxicKind::decode("profile", json!({"name": "wifi-lossy"})).unwrap()
+    else {
+        panic!()
+    };
+    let mut cx = cx(11);
+    let start = Instant::now();
+    let mut t = profile::ProfileToxic::new(&attrs, Direction::Downstream, &mut cx);
+    let n = 4000;
+    let waits: Vec<Duration> = (0..n)
+        .map(|i| {
+            // 100 bytes every 10 ms: the link is never the bottleneck.
+            let at = start + Duration::from_millis(10 * i);
+            let mut out = Vec::new();
+            t.on_chunk(chunk(100, at), &mut cx, &mut out);
+            assert_eq!(out.len(), 1);
+            out[0].at - at
+        })
+        .collect();
+    let path = *waits.iter().min().unwrap();
+    let late = waits
+        .iter()
+        .filter(|w| **w >= path + Duration::from_millis(200))
+        .count();
+    let share = late as f64 / n as f64;
+    assert!((0.08..0.12).contains(&share), "{share}");
+}
