@@ -13,7 +13,9 @@
 //! | GET | `/proxies/{p}/toxics/{t}` | 200; 404 |
 //! | POST, PATCH | `/proxies/{p}/toxics/{t}` | 200 (attributes merged) |
 //! | DELETE | `/proxies/{p}/toxics/{t}` | 204 |
-//! | POST | `/reset` | 204 |
+//! | POST | `/reset` | 204 (heals partitions too) |
+//! | GET, POST | `/partitions` | 200 array; 201 partition; 400, 409 |
+//! | GET, DELETE | `/partitions/{name}` | 200; 204 (heals); 404 |
 //! | GET | `/version` | 200 `{"version":..}` |
 //! | GET | `/proxies/{p}/stats` | 200 live figures (requests, latency, abandonment, retries) |
 //! | GET | `/proxies/{p}/timeout-advice?false_timeout_rate=R` | 200 advice; 400 bad R; 422 too few samples |
@@ -96,6 +98,11 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/proxies/{proxy}/stats", get(proxy_stats))
         .route("/proxies/{proxy}/timeout-advice", get(proxy_timeout_advice))
+        .route("/partitions", get(partition_index).post(partition_create))
+        .route(
+            "/partitions/{partition}",
+            get(partition_show).delete(partition_delete),
+        )
         .route("/reset", post(reset))
         .route("/version", get(version))
         .route("/metrics", get(metrics))

@@ -14,6 +14,7 @@ use serde_json::Value;
 use toml::Spanned;
 
 use crate::measure::MeasurePatch;
+use crate::partition::{Labels, Partition};
 use crate::proxy::DEFAULT_CONNECT_TIMEOUT;
 use crate::proxy::Protocol;
 use crate::state::NewProxy;
@@ -42,6 +43,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Proxies to create at start, with their toxics.
     pub proxies: Vec<ProxyConfig>,
+    /// Partitions in force from the start (validated; the API's JSON shape).
+    pub partitions: Vec<Value>,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             proxies: Vec::new(),
+            partitions: Vec::new(),
         }
     }
 }
@@ -167,6 +171,8 @@ struct RawConfig {
     server: Option<RawServer>,
     #[serde(default)]
     proxy: Vec<Spanned<RawProxy>>,
+    #[serde(default)]
+    partition: Vec<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +213,8 @@ struct RawProxy {
     idempotency_headers: Option<Spanned<toml::Value>>,
     #[serde(default)]
     price_per_gb: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    labels: Option<Spanned<toml::Value>>,
     #[serde(default)]
     toxic: Vec<Spanned<RawToxic>>,
 }
@@ -394,6 +402,12 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 }
             }
         }
+        let labels = p.labels.as_ref().and_then(|raw| {
+            let value = serde_json::to_value(raw.get_ref()).unwrap_or(Value::Null);
+            Labels::from_json(&value)
+                .map_err(|e| c.at(raw.span().start, format!("{field}.{}", e.path), e.message))
+                .ok()
+        });
         let mut toxics: Vec<ToxicSpec> = Vec::new();
         for (j, raw_toxic) in p.toxic.into_iter().enumerate() {
             let span = raw_toxic.span().start;
@@ -438,9 +452,48 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 fault_header: p.fault_header.unwrap_or(true),
                 rewrite_host,
                 measure,
+                labels,
             },
             toxics,
         });
+    }
+    let nodes = config
+        .proxies
+        .iter()
+        .flat_map(|p| {
+            p.proxy
+                .labels
+                .iter()
+                .flat_map(|l| [l.from.clone(), l.to.clone()])
+        })
+        .collect();
+    let names = config
+        .proxies
+        .iter()
+        .map(|p| p.proxy.name.clone())
+        .collect();
+    for (i, raw) in raw.partition.iter().enumerate() {
+        let value = serde_json::to_value(raw.get_ref()).unwrap_or(Value::Null);
+        match Partition::from_json(&value, &nodes, &names) {
+            Ok(p)
+                if config
+                    .partitions
+                    .iter()
+                    .any(|q| q["name"] == p.name.as_str()) =>
+            {
+                c.at(
+                    raw.span().start,
+                    format!("partition[{i}].name"),
+                    format!("duplicate partition name {:?}", p.name),
+                )
+            }
+            Ok(_) => config.partitions.push(value),
+            Err(e) => c.at(
+                raw.span().start,
+                format!("partition[{i}].{}", e.path),
+                e.message,
+            ),
+        }
     }
     if c.diagnostics.is_empty() {
         Ok(config)
@@ -644,6 +697,12 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 None
             }
         };
+        let labels = match map.get("labels") {
+            None | Some(Value::Null) => None,
+            Some(v) => Labels::from_json(v)
+                .map_err(|e| c.at(at, format!("[{i}].{}", e.path), e.message))
+                .ok(),
+        };
         let mut measure = MeasurePatch::default();
         for key in MeasurePatch::KEYS {
             if let Some(v) = map.get(key).filter(|v| !v.is_null()) {
@@ -692,6 +751,7 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                     fault_header,
                     rewrite_host,
                     measure,
+                    labels,
                 },
                 toxics,
             });

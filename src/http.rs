@@ -253,6 +253,11 @@ impl Conn {
             d.before_request + d.before_headers,
             fingerprint,
         );
+        // A partition holds the request (blackhole) or resets the connection.
+        if link.flowing(Direction::Upstream).await.is_err() {
+            exchange.reset();
+            return Err(self.reset(version));
+        }
         let mut response = match &d.answer {
             Some(answer) => {
                 exchange.injected_answer();
@@ -312,6 +317,10 @@ impl Conn {
             .boxed_unsync()
         });
         wait(d.before_headers).await;
+        if link.flowing(Direction::Downstream).await.is_err() {
+            exchange.reset();
+            return Err(self.reset(version));
+        }
         if link.fault_header() && !d.names.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&d.names.join(", ")) {
                 response

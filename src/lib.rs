@@ -12,6 +12,7 @@
 //! | [`admin`] | the HTTP admin API (axum) |
 //! | [`demo`] | `fallacy demo`: the timeout false-positive lesson, self-contained |
 //! | [`measure`] | what clients did: abandonment, false timeouts, retries, timeout advice |
+//! | [`partition`] | named cuts between groups of nodes: shapes, validation, each proxy's cut |
 //! | [`metrics`] | metric names, help texts, data-path helpers |
 //! | [`shutdown`] | OS signals |
 //! | [`timer`] | sub-millisecond sleeps for delays |
@@ -28,6 +29,7 @@ pub mod demo;
 pub mod http;
 pub mod measure;
 pub mod metrics;
+pub mod partition;
 pub mod proxy;
 pub mod shutdown;
 pub mod state;
@@ -60,6 +62,14 @@ pub enum RunError {
     #[error("proxy {name:?}: {source}")]
     Proxy {
         /// The proxy.
+        name: String,
+        /// Why.
+        source: state::Error,
+    },
+    /// A partition from the config file could not be created.
+    #[error("partition {name:?}: {source}")]
+    Partition {
+        /// The partition.
         name: String,
         /// Why.
         source: state::Error,
@@ -146,6 +156,15 @@ impl Server {
                 server.shutdown.cancel();
                 server.drain().await;
                 return Err(RunError::Proxy { name, source });
+            }
+        }
+        for p in &config.partitions {
+            // Checked when the file was read; a failure here is the store disagreeing.
+            if let Err(source) = server.store.create_partition(p).await {
+                let name = p["name"].as_str().unwrap_or_default().to_owned();
+                server.shutdown.cancel();
+                server.drain().await;
+                return Err(RunError::Partition { name, source });
             }
         }
         server.store.set_ready();

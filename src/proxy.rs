@@ -122,6 +122,8 @@ pub struct Link {
     /// abandon_grace, retry_window, idempotency headers: read per request.
     measure: ArcSwap<MeasureSettings>,
     stats: ProxyStats,
+    /// Partition bits (`crate::partition::HOLD_*`, `RESET`), read per loop by the data paths.
+    cut: std::sync::atomic::AtomicU8,
 }
 
 impl Link {
@@ -140,6 +142,7 @@ impl Link {
             metrics: ProxyMetrics::new(name, protocol == Protocol::Http),
             measure: ArcSwap::from_pointee(MeasureSettings::default()),
             stats: ProxyStats::default(),
+            cut: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -211,6 +214,41 @@ impl Link {
         self.measure.store(Arc::new(settings));
     }
 
+    /// What partitions do to this proxy now: held streams, and whether they reset.
+    pub fn cut(&self) -> u8 {
+        self.cut.load(Ordering::Acquire)
+    }
+
+    /// Sets the partition bits and wakes every open connection, so a cut or a heal reaches
+    /// them at once.
+    pub fn set_cut(&self, bits: u8) {
+        if self.cut.swap(bits, Ordering::AcqRel) != bits {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Waits until `direction` flows (no partition holds it). `Err` when a partition in reset
+    /// mode cuts this proxy: the caller resets its connection.
+    pub async fn flowing(&self, direction: Direction) -> Result<(), PartitionReset> {
+        let bit = crate::partition::hold_bit(direction);
+        if self.cut() == 0 {
+            return Ok(());
+        }
+        let mut changes = self.subscribe();
+        loop {
+            let cut = self.cut();
+            if cut & crate::partition::RESET != 0 {
+                return Err(PartitionReset);
+            }
+            if cut & bit == 0 {
+                return Ok(());
+            }
+            if changes.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
     /// The live figures of what clients did.
     pub fn stats(&self) -> &ProxyStats {
         &self.stats
@@ -256,6 +294,10 @@ impl Link {
         }
     }
 }
+
+/// A partition in reset mode cuts the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionReset;
 
 /// SplitMix64's finaliser: a cheap, well-mixed hash step for deriving seeds.
 fn splitmix(mut z: u64) -> u64 {

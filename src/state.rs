@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::measure::{MeasurePatch, MeasureSettings};
+use crate::partition::{Labels, Partition};
 use crate::proxy::{Link, Protocol, Settings, check_rewrite_host, listener};
 use crate::toxic::{AttrError, Direction, Envelope, EnvelopeError, ToxicPatch, ToxicSpec};
 
@@ -42,6 +43,12 @@ pub enum Error {
     /// A toxic by that name exists on the proxy, in either stream.
     #[error("toxic already exists")]
     ToxicExists,
+    /// No partition by that name.
+    #[error("partition not found")]
+    PartitionNotFound,
+    /// A partition by that name exists.
+    #[error("partition already exists")]
+    PartitionExists,
     /// A required field is missing or empty (`what` names it, e.g. `name at proxy 2`).
     #[error("missing required field: {0}")]
     MissingField(String),
@@ -80,6 +87,8 @@ pub struct NewProxy {
     pub rewrite_host: Option<String>,
     /// abandon_grace, retry_window, idempotency headers; unset ones keep their defaults.
     pub measure: MeasurePatch,
+    /// The nodes the proxy joins, for partitions.
+    pub labels: Option<Labels>,
 }
 
 /// A partial update of a proxy; `None` keeps the current value.
@@ -99,6 +108,8 @@ pub struct ProxyPatch {
     pub rewrite_host: Option<String>,
     /// Measurement settings to change.
     pub measure: MeasurePatch,
+    /// New labels.
+    pub labels: Option<Labels>,
 }
 
 /// A read-only copy of a proxy, for the API.
@@ -120,6 +131,10 @@ pub struct ProxyView {
     pub rewrite_host: Option<String>,
     /// abandon_grace, retry_window, idempotency headers.
     pub measure: MeasureSettings,
+    /// The nodes it joins.
+    pub labels: Option<Labels>,
+    /// Held streams and reset by partitions now (see [`crate::partition`]'s bits).
+    pub cut: u8,
     /// Upstream toxics first, then downstream, each in creation order.
     pub toxics: Vec<Arc<ToxicSpec>>,
 }
@@ -130,6 +145,7 @@ struct Entry {
     running: Option<Running>,
     /// Source of truth for the toxics, mirrored into the link on every change.
     toxics: Vec<Arc<ToxicSpec>>,
+    labels: Option<Labels>,
 }
 
 struct Running {
@@ -146,6 +162,10 @@ pub struct Store {
 
 struct Inner {
     proxies: Mutex<BTreeMap<String, Entry>>,
+    /// Partitions by name, each with the id of its creation (an expiry heals only its own).
+    /// Locked only under `proxies`, and never across an await.
+    partitions: std::sync::Mutex<BTreeMap<String, (Partition, u64)>>,
+    next_partition: std::sync::atomic::AtomicU64,
     settings: Arc<Settings>,
     /// Stops every accept loop (first step of a graceful shutdown).
     accept_root: CancellationToken,
@@ -166,6 +186,8 @@ impl Store {
         Store {
             inner: Arc::new(Inner {
                 proxies: Mutex::new(BTreeMap::new()),
+                partitions: std::sync::Mutex::new(BTreeMap::new()),
+                next_partition: std::sync::atomic::AtomicU64::new(1),
                 settings: Arc::new(settings),
                 accept_root,
                 conn_root,
@@ -223,9 +245,10 @@ impl Store {
             return Err(Error::ProxyExists);
         }
         let entry = self.build(new.clone(), toxics)?;
-        let view = view(&new.name, &entry);
+        let name = new.name.clone();
         proxies.insert(new.name, entry);
-        Ok(view)
+        self.apply_cuts(&proxies);
+        Ok(view(&name, &proxies[&name]))
     }
 
     fn build(&self, new: NewProxy, toxics: Vec<ToxicSpec>) -> Result<Entry, Error> {
@@ -257,6 +280,7 @@ impl Store {
             listen: new.listen,
             running: None,
             toxics,
+            labels: new.labels,
         };
         if let Some(listener) = listener {
             self.serve(&mut entry, listener)?;
@@ -331,7 +355,11 @@ impl Store {
             let measure = patch.measure.apply(&entry.link.measure());
             entry.link.set_measure(measure);
         }
-        Ok(view(name, entry))
+        if let Some(labels) = patch.labels {
+            entry.labels = Some(labels);
+            self.apply_cuts(&proxies);
+        }
+        Ok(view(name, &proxies[name]))
     }
 
     /// A proxy's link, for its live figures.
@@ -406,9 +434,12 @@ impl Store {
         (done, None)
     }
 
-    /// Toxiproxy's `/reset`: every toxic removed, every proxy enabled.
+    /// Toxiproxy's `/reset`: every toxic removed, every proxy enabled, and (fallacy's faults
+    /// too) every partition healed.
     pub async fn reset(&self) -> Result<(), Error> {
         let mut proxies = self.inner.proxies.lock().await;
+        self.partitions().clear();
+        self.apply_cuts(&proxies);
         let mut first_error = None;
         for entry in proxies.values_mut() {
             entry.toxics.clear();
@@ -493,6 +524,96 @@ impl Store {
         Ok(())
     }
 
+    fn partitions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Partition, u64)>> {
+        self.inner
+            .partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts every proxy's cut under the current partitions on its link. Open connections see
+    /// it at once (the link wakes them); new ones on their next accept.
+    fn apply_cuts(&self, proxies: &BTreeMap<String, Entry>) {
+        let partitions = self.partitions();
+        let cuts = crate::partition::cuts(
+            proxies.iter().map(|(n, e)| (n.as_str(), e.labels.as_ref())),
+            &partitions,
+        );
+        for (name, bits) in cuts {
+            proxies[name].link.set_cut(bits);
+        }
+    }
+
+    /// Every partition, by name, with the proxies it cuts.
+    pub async fn list_partitions(&self) -> Vec<PartitionView> {
+        let proxies = self.inner.proxies.lock().await;
+        let partitions = self.partitions();
+        partitions
+            .values()
+            .map(|(p, _)| partition_view(p, &proxies))
+            .collect()
+    }
+
+    /// Creates a partition from its JSON shape (API, or config converted). Validated against
+    /// the proxies' names and labels first; it cuts open and new connections at once, and
+    /// heals itself after its `duration` if it has one.
+    pub async fn create_partition(&self, body: &serde_json::Value) -> Result<PartitionView, Error> {
+        let proxies = self.inner.proxies.lock().await;
+        let nodes = proxies
+            .values()
+            .flat_map(|e| e.labels.iter().flat_map(|l| [l.from.clone(), l.to.clone()]))
+            .collect();
+        let names = proxies.keys().cloned().collect();
+        let partition = Partition::from_json(body, &nodes, &names)?;
+        let id = self.inner.next_partition.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut partitions = self.partitions();
+            if partitions.contains_key(&partition.name) {
+                return Err(Error::PartitionExists);
+            }
+            partitions.insert(partition.name.clone(), (partition.clone(), id));
+        }
+        self.apply_cuts(&proxies);
+        let view = partition_view(&partition, &proxies);
+        info!(partition = %partition.name, cut = ?view.proxies, "partition created");
+        if let Some(after) = partition.duration {
+            let (store, name) = (self.clone(), partition.name.clone());
+            self.inner.tracker.spawn(async move {
+                tokio::time::sleep(after).await;
+                store.heal(&name, Some(id)).await;
+            });
+        }
+        Ok(view)
+    }
+
+    /// Heals a partition: held bytes flow, waiting connections dial.
+    pub async fn delete_partition(&self, name: &str) -> Result<(), Error> {
+        if self.heal(name, None).await {
+            Ok(())
+        } else {
+            Err(Error::PartitionNotFound)
+        }
+    }
+
+    /// Removes a partition (only the one created as `id`, when given); true if it was there.
+    async fn heal(&self, name: &str, id: Option<u64>) -> bool {
+        let proxies = self.inner.proxies.lock().await;
+        let removed = {
+            let mut partitions = self.partitions();
+            match partitions.get(name) {
+                Some((_, pid)) if id.is_none_or(|id| id == *pid) => {
+                    partitions.remove(name).is_some()
+                }
+                _ => false,
+            }
+        };
+        if removed {
+            self.apply_cuts(&proxies);
+            info!(partition = %name, "partition healed");
+        }
+        removed
+    }
+
     /// Binds the entry's listen address and spawns its accept loop.
     fn start(&self, entry: &mut Entry) -> Result<(), Error> {
         let listener = bind(&entry.listen)?;
@@ -534,6 +655,26 @@ async fn stop(entry: &mut Entry) {
     }
 }
 
+/// A partition as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionView {
+    /// The partition.
+    pub partition: Partition,
+    /// The proxies it cuts now.
+    pub proxies: Vec<String>,
+}
+
+fn partition_view(p: &Partition, proxies: &BTreeMap<String, Entry>) -> PartitionView {
+    PartitionView {
+        partition: p.clone(),
+        proxies: proxies
+            .iter()
+            .filter(|(n, e)| p.cut(n, e.labels.as_ref()) != 0)
+            .map(|(n, _)| n.clone())
+            .collect(),
+    }
+}
+
 fn view(name: &str, entry: &Entry) -> ProxyView {
     let mut toxics = entry.toxics.clone();
     // Stable: creation order within each stream.
@@ -547,6 +688,8 @@ fn view(name: &str, entry: &Entry) -> ProxyView {
         fault_header: entry.link.fault_header(),
         rewrite_host: entry.link.rewrite_host().map(|h| h.to_string()),
         measure: MeasureSettings::clone(&entry.link.measure()),
+        labels: entry.labels.clone(),
+        cut: entry.link.cut(),
         toxics,
     }
 }

@@ -295,7 +295,12 @@ fn the_annotated_example_checks_clean_and_uses_every_key_and_toxic() {
     let table = |v: &toml::Value| v.as_table().unwrap().clone();
     let mut seen = std::collections::BTreeSet::new();
     for (key, value) in raw.iter().filter(|(k, _)| *k != "proxy") {
-        for sub in table(value).keys() {
+        // [[partition]] is an array of tables; [admin] and [server] are tables.
+        let tables = match value.as_array() {
+            Some(list) => list.iter().map(table).collect(),
+            None => vec![table(value)],
+        };
+        for sub in tables.iter().flat_map(|t| t.keys()) {
             seen.insert(format!("{key}.{sub}"));
         }
     }
@@ -328,6 +333,13 @@ fn the_annotated_example_checks_clean_and_uses_every_key_and_toxic() {
         "proxy.retry_window",
         "proxy.idempotency_headers",
         "proxy.price_per_gb",
+        "proxy.labels",
+        "partition.name",
+        "partition.a",
+        "partition.b",
+        "partition.direction",
+        "partition.mode",
+        "partition.duration",
         "proxy.toxic",
         "proxy.toxic.name",
         "proxy.toxic.type",

@@ -12,6 +12,7 @@ use crate::state::{NewProxy, ProxyPatch, ProxyView};
 use crate::toxic::{ToxicSpec, decode_object};
 
 use crate::measure::{MeasurePatch, MeasureSettings};
+use crate::partition::Labels;
 use crate::proxy::{DEFAULT_LISTEN, Protocol};
 use crate::units::format_duration;
 
@@ -38,6 +39,12 @@ pub struct ProxyOut {
     idempotency_headers: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     price_per_gb: Option<f64>,
+    /// The nodes the proxy joins, when set (partitions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<Value>,
+    /// What partitions do to it now, when any cuts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partitioned: Option<Value>,
     toxics: Vec<Arc<ToxicSpec>>,
 }
 
@@ -47,7 +54,17 @@ impl From<ProxyView> for ProxyOut {
         let defaults = MeasureSettings::default();
         let m = &v.measure;
         let show = |differs: bool| http || differs;
+        use crate::partition::{HOLD_DOWNSTREAM, HOLD_UPSTREAM, RESET};
+        let partitioned = (v.cut != 0).then(|| {
+            serde_json::json!({
+                "upstream": v.cut & HOLD_UPSTREAM != 0,
+                "downstream": v.cut & HOLD_DOWNSTREAM != 0,
+                "mode": if v.cut & RESET != 0 { "reset" } else { "blackhole" },
+            })
+        });
         ProxyOut {
+            labels: v.labels.as_ref().map(|l| l.to_json()),
+            partitioned,
             abandon_grace: show(m.abandon_grace != defaults.abandon_grace)
                 .then(|| format_duration(m.abandon_grace)),
             retry_window: show(m.retry_window != defaults.retry_window)
@@ -99,6 +116,8 @@ pub struct ProxyIn {
     idempotency_headers: Option<Value>,
     #[serde(default)]
     price_per_gb: Option<Value>,
+    #[serde(default)]
+    labels: Option<Value>,
 }
 
 impl ProxyIn {
@@ -112,7 +131,9 @@ impl ProxyIn {
     pub fn into_new(self) -> Result<NewProxy, Error> {
         let protocol = self.protocol()?.unwrap_or_default();
         let measure = self.measure()?;
+        let labels = self.labels()?;
         Ok(NewProxy {
+            labels,
             name: self.name.unwrap_or_default(),
             listen: self
                 .listen
@@ -125,6 +146,17 @@ impl ProxyIn {
             measure,
             rewrite_host: self.rewrite_host,
         })
+    }
+
+    fn labels(&self) -> Result<Option<Labels>, Error> {
+        self.labels
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                Labels::from_json(v)
+                    .map_err(|e| Error::BadBody(format!("{}: {}", e.path, e.message)))
+            })
+            .transpose()
     }
 
     fn measure(&self) -> Result<MeasurePatch, Error> {
@@ -154,7 +186,9 @@ impl ProxyIn {
     /// As a partial update.
     pub fn into_patch(self) -> Result<ProxyPatch, Error> {
         let measure = self.measure()?;
+        let labels = self.labels()?;
         Ok(ProxyPatch {
+            labels,
             measure,
             protocol: self.protocol()?,
             listen: self.listen,

@@ -37,10 +37,11 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         use state::Error as S;
         match self {
-            Error::Store(S::ProxyNotFound | S::ToxicNotFound) | Error::RouteNotFound => {
-                StatusCode::NOT_FOUND
+            Error::Store(S::ProxyNotFound | S::ToxicNotFound | S::PartitionNotFound)
+            | Error::RouteNotFound => StatusCode::NOT_FOUND,
+            Error::Store(S::ProxyExists | S::ToxicExists | S::PartitionExists) => {
+                StatusCode::CONFLICT
             }
-            Error::Store(S::ProxyExists | S::ToxicExists) => StatusCode::CONFLICT,
             Error::Store(S::MissingField(_) | S::Envelope(_) | S::Attr(_))
             | Error::BadBody(_)
             | Error::BadQuery(_) => StatusCode::BAD_REQUEST,

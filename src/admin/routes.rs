@@ -148,6 +148,39 @@ pub(super) async fn version() -> Json<Value> {
     Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
 }
 
+fn partition_out(v: state::PartitionView) -> Value {
+    v.partition.to_json(&v.proxies)
+}
+
+pub(super) async fn partition_index(State(st): S) -> Json<Value> {
+    let list = st.store.list_partitions().await;
+    Json(Value::Array(list.into_iter().map(partition_out).collect()))
+}
+
+pub(super) async fn partition_create(
+    State(st): S,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>)> {
+    let value = parse_body(&body)?;
+    let view = st.store.create_partition(&value).await?;
+    Ok((StatusCode::CREATED, Json(partition_out(view))))
+}
+
+pub(super) async fn partition_show(State(st): S, Path(name): Path<String>) -> Result<Json<Value>> {
+    st.store
+        .list_partitions()
+        .await
+        .into_iter()
+        .find(|v| v.partition.name == name)
+        .map(|v| Json(partition_out(v)))
+        .ok_or(Error::Store(state::Error::PartitionNotFound))
+}
+
+pub(super) async fn partition_delete(State(st): S, Path(name): Path<String>) -> Result<StatusCode> {
+    st.store.delete_partition(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub(super) async fn proxy_stats(State(st): S, Path(proxy): Path<String>) -> Result<Json<Value>> {
     let link = st.store.link(&proxy).await?;
     Ok(Json(crate::measure::stats_json(&link)))

@@ -11,8 +11,8 @@ use tracing::{debug, warn};
 use super::{ConnError, Link, duplex};
 use crate::measure::{self, TcpTrack};
 use crate::metrics;
-use crate::toxic::ToxicCx;
 use crate::toxic::loss::SYN_GIVE_UP;
+use crate::toxic::{Direction, ToxicCx};
 
 /// Runs one connection to completion. Never panics on network errors; everything is logged
 /// and counted.
@@ -44,6 +44,20 @@ pub async fn handle(
             measure::tcp_connection_ended(&link, peer.ip(), started, true);
             return;
         }
+    }
+    // A partition holds the handshake (a lost SYN or SYN-ACK) until it heals, or refuses it.
+    let passable = async {
+        link.flowing(Direction::Upstream).await?;
+        link.flowing(Direction::Downstream).await
+    };
+    let passed = tokio::select! {
+        _ = stop.cancelled() => return,
+        passed = passable => passed,
+    };
+    if passed.is_err() {
+        debug!(%peer, "partition (reset): refusing the connection");
+        let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+        return;
     }
     let upstream = tokio::select! {
         _ = stop.cancelled() => return,

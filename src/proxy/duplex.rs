@@ -44,6 +44,7 @@ use tracing::debug;
 use super::{Link, Side};
 use crate::measure::TcpTrack;
 use crate::metrics;
+use crate::partition;
 use crate::toxic::{Chunk, Direction, Toxic, ToxicCx, ToxicSpec, Verdict};
 
 /// Read size. Large reads amortise syscalls on bulk transfers; the buffer is only held while
@@ -336,9 +337,18 @@ impl Half {
         // chunk (select! evaluates every branch's expression, enabled or not).
         let never = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
+            // 0. A partition: in reset mode the connection ends; otherwise a held direction
+            //    neither reads nor writes until it heals, and its bytes then go on in order.
+            let cut = shared.link.cut();
+            if cut & partition::RESET != 0 {
+                shared.end(END_RESET);
+                return HalfEnd::Ended;
+            }
+            let held = cut & partition::hold_bit(self.dir) != 0;
+
             // 1. Write whatever is due, then act on a due end. The fast path (nothing queued,
             //    nothing pending) skips this, clock read included.
-            if !self.queue.is_empty() || self.pending.is_some() {
+            if (!self.queue.is_empty() || self.pending.is_some()) && !held {
                 let now = Instant::now();
                 if !self.write_blocked {
                     let before = self.queued_bytes;
@@ -356,10 +366,11 @@ impl Half {
             }
 
             // 2. Wait for the next thing: data, a timer, a toxic change or a stop.
-            let wake = self.next_wake();
+            let wake = if held { None } else { self.next_wake() };
             let can_read = self.eof_at.is_none()
                 && self.pending.is_none()
-                && self.queued_bytes < MAX_QUEUED_BYTES;
+                && self.queued_bytes < MAX_QUEUED_BYTES
+                && !held;
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return HalfEnd::Stopped,
@@ -375,7 +386,7 @@ impl Half {
                 _ = crate::timer::sleep_until(wake.unwrap_or(never)), if wake.is_some() => {
                     self.fire_deadlines(Instant::now());
                 }
-                ready = dst.writable(), if self.write_blocked => {
+                ready = dst.writable(), if self.write_blocked && !held => {
                     if let Err(err) = ready {
                         return self.io_failed(err, self.dst_side(), shared);
                     }
