@@ -14,6 +14,7 @@
 //! | POST, PATCH | `/proxies/{p}/toxics/{t}` | 200 (attributes merged) |
 //! | DELETE | `/proxies/{p}/toxics/{t}` | 204 |
 //! | POST | `/reset` | 204 (heals partitions too) |
+//! | GET | `/audit?limit=N` | 200, the last N changes (default 100, at most 1000) |
 //! | GET, POST | `/partitions` | 200 array; 201 partition; 400, 409 |
 //! | GET, DELETE | `/partitions/{name}` | 200; 204 (heals); 404 |
 //! | GET | `/version` | 200 `{"version":..}` |
@@ -31,11 +32,12 @@ mod dto;
 mod error;
 mod routes;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -54,7 +56,30 @@ pub struct AdminState {
     store: Store,
     prometheus: Option<PrometheusHandle>,
     shutdown: CancellationToken,
+    audit: Arc<Mutex<VecDeque<AuditEntry>>>,
 }
+
+/// One admin change, as `GET /audit` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditEntry {
+    /// When it was answered (HTTP date, UTC).
+    pub time: String,
+    /// Milliseconds since the Unix epoch, for sorting and arithmetic.
+    pub time_unix_ms: u64,
+    /// The method.
+    pub method: String,
+    /// The route as called (`/proxies/db/toxics`).
+    pub path: String,
+    /// Who: the `X-Fallacy-Owner` header, else the body's `"owner"`.
+    pub owner: Option<String>,
+    /// The answer's status code.
+    pub status: u16,
+}
+
+/// Changes kept for `GET /audit`.
+pub const AUDIT_KEPT: usize = 1000;
+/// The largest admin request body read (the API's bodies are a few hundred bytes).
+pub const MAX_BODY: usize = 1024 * 1024;
 
 impl AdminState {
     /// `prometheus` renders `/metrics` (an empty page without it); `shutdown` is cancelled by
@@ -68,6 +93,7 @@ impl AdminState {
             store,
             prometheus,
             shutdown,
+            audit: Arc::default(),
         }
     }
 }
@@ -75,6 +101,7 @@ impl AdminState {
 /// The whole admin API as a router, so tests can call it with `oneshot` or serve it on a port.
 pub fn router(state: AdminState) -> Router {
     use routes::*;
+    let state = Arc::new(state);
     Router::new()
         .route("/proxies", get(proxy_index).post(proxy_create))
         .route("/populate", post(populate))
@@ -103,6 +130,7 @@ pub fn router(state: AdminState) -> Router {
             "/partitions/{partition}",
             get(partition_show).delete(partition_delete),
         )
+        .route("/audit", get(audit))
         .route("/reset", post(reset))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
@@ -111,8 +139,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/shutdown", post(shutdown))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Arc::new(state))
-        .layer(middleware::from_fn(guard))
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(state, guard))
 }
 
 async fn not_found() -> Error {
@@ -123,8 +151,9 @@ async fn method_not_allowed() -> Error {
     Error::MethodNotAllowed
 }
 
-/// Request id, browser guard, a span and a metric for every request.
-async fn guard(request: Request, next: Next) -> Response {
+/// Request id, browser guard, a span and a metric for every request; changes go to the audit
+/// log.
+async fn guard(State(st): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!(
@@ -133,14 +162,55 @@ async fn guard(request: Request, next: Next) -> Response {
         method = %request.method(),
         path = %request.uri().path()
     );
+    let changes = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let (method, path) = (
+        request.method().to_string(),
+        request.uri().path().to_owned(),
+    );
+    let mut owner = request
+        .headers()
+        .get("x-fallacy-owner")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut response = async {
         if is_browser(&request) && !is_read_only_extension(&request) {
             return Error::BrowserRefused.into_response();
         }
-        next.run(request).await
+        let (parts, body) = request.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+            return Error::BadBody(format!("the body is over {MAX_BODY} bytes")).into_response();
+        };
+        if changes && owner.is_none() {
+            owner = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("owner").and_then(|o| o.as_str()).map(str::to_owned));
+        }
+        next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+            .await
     }
     .instrument(span)
     .await;
+    if changes {
+        let now = std::time::SystemTime::now();
+        let entry = AuditEntry {
+            time: httpdate::fmt_http_date(now),
+            time_unix_ms: now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            method,
+            path,
+            owner,
+            status: response.status().as_u16(),
+        };
+        let mut audit = st.audit.lock().unwrap_or_else(|e| e.into_inner());
+        if audit.len() == AUDIT_KEPT {
+            audit.pop_front();
+        }
+        audit.push_back(entry);
+    }
     let outcome = match response.status().as_u16() {
         200..=299 => "2xx",
         400..=499 => "4xx",

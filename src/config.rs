@@ -236,6 +236,11 @@ struct RawToxic {
     /// HTTP proxies: which requests it acts on.
     #[serde(default, rename = "match")]
     matcher: Option<Spanned<toml::Value>>,
+    /// It removes itself after this long (from start-up).
+    #[serde(default)]
+    ttl: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    owner: Option<Spanned<String>>,
 }
 
 impl RawToxic {
@@ -248,6 +253,8 @@ impl RawToxic {
             "type" => self.kind.span().start,
             "stream" => start(self.stream.as_ref().map(Spanned::span)),
             "toxicity" => start(self.toxicity.as_ref().map(Spanned::span)),
+            "ttl" => start(self.ttl.as_ref().map(Spanned::span)),
+            "owner" => start(self.owner.as_ref().map(Spanned::span)),
             m if m == "match" || m.starts_with("match.") => {
                 start(self.matcher.as_ref().map(Spanned::span))
             }
@@ -433,6 +440,11 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
                     .matcher
                     .as_ref()
                     .map(|m| serde_json::to_value(m.get_ref()).unwrap_or(Value::Null)),
+                ttl: t
+                    .ttl
+                    .as_ref()
+                    .map(|v| serde_json::to_value(v.get_ref()).unwrap_or(Value::Null)),
+                owner: t.owner.as_ref().map(|o| o.get_ref().clone()),
             };
             let field = format!("{field}.toxic[{j}]");
             match toxic_spec(envelope, &toxics, protocol) {

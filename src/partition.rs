@@ -87,6 +87,7 @@ impl Partition {
             "direction": match self.way { Way::Both => "both", Way::AToB => "a_to_b" },
             "mode": match self.mode { Mode::Blackhole => "blackhole", Mode::Reset => "reset" },
             "duration": self.duration.map(crate::units::format_duration),
+            "owner": self.owner,
             "proxies": proxies,
         })
     }
@@ -128,6 +129,8 @@ pub struct Partition {
     pub duration: Option<Duration>,
     /// Members of either group that name a proxy rather than a node: cut whole.
     pub whole: Vec<String>,
+    /// Who made it.
+    pub owner: Option<String>,
 }
 
 /// The most names in one group: a partition is meant for people to read.
@@ -148,11 +151,11 @@ impl Partition {
         for key in map.keys() {
             if !matches!(
                 key.as_str(),
-                "name" | "a" | "b" | "direction" | "mode" | "duration"
+                "name" | "a" | "b" | "direction" | "mode" | "duration" | "owner"
             ) {
                 return Err(AttrError::new(
                     key,
-                    "unknown field; a partition has name, a, b, direction, mode and duration",
+                    "unknown field; a partition has name, a, b, direction, mode, duration and owner",
                 ));
             }
         }
@@ -269,6 +272,16 @@ impl Partition {
             .filter(|m| !nodes.contains(*m))
             .cloned()
             .collect();
+        let owner = match map.get("owner") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(o)) if o.len() <= 200 => Some(o.clone()),
+            Some(other) => {
+                return Err(AttrError::new(
+                    "owner",
+                    &format!("must be a string of at most 200 bytes, got {other}"),
+                ));
+            }
+        };
         Ok(Partition {
             name,
             a,
@@ -277,6 +290,7 @@ impl Partition {
             mode,
             duration,
             whole,
+            owner,
         })
     }
 

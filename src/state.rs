@@ -246,6 +246,9 @@ impl Store {
         }
         let entry = self.build(new.clone(), toxics)?;
         let name = new.name.clone();
+        for spec in &entry.toxics {
+            self.expire_later(&name, spec);
+        }
         proxies.insert(new.name, entry);
         self.apply_cuts(&proxies);
         Ok(view(&name, &proxies[&name]))
@@ -487,6 +490,7 @@ impl Store {
         spec.fits(entry.link.protocol())?;
         entry.toxics.push(spec.clone());
         entry.link.set_toxics(entry.toxics.clone());
+        self.expire_later(proxy, &spec);
         Ok(spec)
     }
 
@@ -508,6 +512,7 @@ impl Store {
         spec.fits(entry.link.protocol())?;
         *slot = spec.clone();
         entry.link.set_toxics(entry.toxics.clone());
+        self.expire_later(proxy, &spec);
         Ok(spec)
     }
 
@@ -522,6 +527,47 @@ impl Store {
         }
         entry.link.set_toxics(entry.toxics.clone());
         Ok(())
+    }
+
+    /// Runs `job` at `at`, unless the server shuts down first (a 30-minute ttl must not hold
+    /// up a drain).
+    fn later(
+        &self,
+        at: tokio::time::Instant,
+        job: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let stop = self.inner.accept_root.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep_until(at) => job.await,
+            }
+        });
+    }
+
+    /// Arms the expiry of a toxic with a ttl. A later update moves `expires_at`; a timer that
+    /// fires for an instant no longer set does nothing.
+    fn expire_later(&self, proxy: &str, spec: &ToxicSpec) {
+        if let Some(at) = spec.expires_at {
+            let (store, proxy, name) = (self.clone(), proxy.to_owned(), spec.name.clone());
+            self.later(at, async move { store.expire_toxic(&proxy, &name).await });
+        }
+    }
+
+    async fn expire_toxic(&self, proxy: &str, name: &str) {
+        let mut proxies = self.inner.proxies.lock().await;
+        let Some(entry) = proxies.get_mut(proxy) else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let before = entry.toxics.len();
+        entry
+            .toxics
+            .retain(|t| !(t.name == name && t.expires_at.is_some_and(|at| at <= now)));
+        if entry.toxics.len() != before {
+            entry.link.set_toxics(entry.toxics.clone());
+            info!(proxy, toxic = name, "toxic removed: its ttl ran out");
+        }
     }
 
     fn partitions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Partition, u64)>> {
@@ -578,8 +624,7 @@ impl Store {
         info!(partition = %partition.name, cut = ?view.proxies, "partition created");
         if let Some(after) = partition.duration {
             let (store, name) = (self.clone(), partition.name.clone());
-            self.inner.tracker.spawn(async move {
-                tokio::time::sleep(after).await;
+            self.later(tokio::time::Instant::now() + after, async move {
                 store.heal(&name, Some(id)).await;
             });
         }

@@ -144,6 +144,33 @@ pub(super) async fn toxic_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `?limit=N`.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct AuditQuery {
+    limit: Option<String>,
+}
+
+pub(super) async fn audit(
+    State(st): S,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Vec<super::AuditEntry>>> {
+    let limit = match query.limit.as_deref() {
+        None => 100,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=super::AUDIT_KEPT).contains(&n) => n,
+            _ => {
+                return Err(Error::BadQuery(format!(
+                    "limit must be a whole number from 1 to {}, got {raw:?}",
+                    super::AUDIT_KEPT
+                )));
+            }
+        },
+    };
+    let audit = st.audit.lock().unwrap_or_else(|e| e.into_inner());
+    let skip = audit.len().saturating_sub(limit);
+    Ok(Json(audit.iter().skip(skip).cloned().collect()))
+}
+
 pub(super) async fn version() -> Json<Value> {
     Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
 }

@@ -104,6 +104,51 @@ pub struct ToxicSpec {
     pub kind: ToxicKind,
     /// On HTTP proxies: the requests it acts on (all when `None`).
     pub matcher: Option<Arc<Matcher>>,
+    /// It removes itself this long after it was created or last given a ttl.
+    pub ttl: Option<Duration>,
+    /// When, if it has a ttl.
+    pub expires_at: Option<tokio::time::Instant>,
+    /// Who made it (a test, a CI job), for people reading the API and the audit log.
+    pub owner: Option<String>,
+}
+
+/// The longest owner string: a label, not a document.
+const MAX_OWNER: usize = 200;
+
+/// Reads a `ttl`: a duration string or an integer of milliseconds, above 0.
+fn parse_ttl(value: &Value) -> Result<Duration, AttrError> {
+    let d = match value {
+        Value::String(s) => parse_duration(s).map_err(|m| AttrError::new("ttl", &m))?,
+        Value::Number(n) => Duration::from_millis(n.as_u64().ok_or_else(|| {
+            AttrError::new(
+                "ttl",
+                &format!("{n} is not a positive whole number of milliseconds"),
+            )
+        })?),
+        other => {
+            return Err(AttrError::new(
+                "ttl",
+                &format!("must be a duration such as \"30s\", got {other}"),
+            ));
+        }
+    };
+    if d.is_zero() {
+        return Err(AttrError::new(
+            "ttl",
+            "must be more than 0; leave it out to keep the toxic",
+        ));
+    }
+    Ok(d)
+}
+
+fn check_owner(owner: &Option<String>) -> Result<(), AttrError> {
+    match owner {
+        Some(o) if o.len() > MAX_OWNER => Err(AttrError::new(
+            "owner",
+            &format!("at most {MAX_OWNER} bytes"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl ToxicSpec {
@@ -129,10 +174,22 @@ impl ToxicSpec {
             Some(Value::Null) => None,
             Some(m) => Some(Arc::new(Matcher::from_json(m)?)),
         };
+        let ttl = patch
+            .ttl
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(parse_ttl)
+            .transpose()?;
+        check_owner(&patch.owner)?;
         Ok(ToxicSpec {
             kind,
             toxicity: patch.toxicity.unwrap_or(self.toxicity),
             matcher,
+            ttl: ttl.or(self.ttl),
+            expires_at: ttl
+                .map(|t| tokio::time::Instant::now() + t)
+                .or(self.expires_at),
+            owner: patch.owner.clone().or_else(|| self.owner.clone()),
             ..self.clone()
         })
     }
@@ -155,6 +212,12 @@ impl Serialize for ToxicSpec {
         s.serialize_field("attributes", &self.kind.attributes())?;
         if let Some(m) = &self.matcher {
             s.serialize_field("match", m.source())?;
+        }
+        if let Some(ttl) = self.ttl {
+            s.serialize_field("ttl", &crate::units::format_duration(ttl))?;
+        }
+        if let Some(owner) = &self.owner {
+            s.serialize_field("owner", owner)?;
         }
         s.end()
     }
@@ -181,6 +244,12 @@ pub struct Envelope {
     /// Which requests it acts on (HTTP proxies).
     #[serde(default, rename = "match")]
     pub matcher: Option<Value>,
+    /// It removes itself after this long.
+    #[serde(default)]
+    pub ttl: Option<Value>,
+    /// Who made it.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// Why a toxic create request was refused before the store saw it.
@@ -265,6 +334,13 @@ impl Envelope {
             None | Some(Value::Null) => None,
             Some(m) => Some(Arc::new(Matcher::from_json(m)?)),
         };
+        let ttl = self
+            .ttl
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(parse_ttl)
+            .transpose()?;
+        check_owner(&self.owner)?;
         Ok(ToxicSpec {
             name: head.name,
             stream: head.stream,
@@ -272,6 +348,9 @@ impl Envelope {
             toxicity: head.toxicity,
             kind,
             matcher,
+            ttl,
+            expires_at: ttl.map(|t| tokio::time::Instant::now() + t),
+            owner: self.owner.filter(|o| !o.is_empty()),
         })
     }
 }
@@ -288,6 +367,12 @@ pub struct ToxicPatch {
     /// Replaces the `match` when present; `null` removes it.
     #[serde(default, rename = "match", deserialize_with = "present")]
     pub matcher: Option<Value>,
+    /// A new ttl, counted from now.
+    #[serde(default)]
+    pub ttl: Option<Value>,
+    /// A new owner.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// Keeps an explicit `null` as `Some(Null)`, so that it can mean "remove".

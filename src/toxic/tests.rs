@@ -205,11 +205,13 @@ fn patch_merges_attributes_case_insensitively_and_keeps_on_error() {
         toxicity: 1.0,
         kind: ToxicKind::decode("latency", json!({"latency": 100, "jitter": 10})).unwrap(),
         matcher: None,
+        ttl: None,
+        expires_at: None,
+        owner: None,
     };
     let patch = ToxicPatch {
         attributes: Some(json!({"Jitter": 20, "latency": null})),
-        toxicity: None,
-        matcher: None,
+        ..ToxicPatch::default()
     };
     let new = spec.patched(&patch).unwrap();
     assert_eq!(
@@ -218,8 +220,7 @@ fn patch_merges_attributes_case_insensitively_and_keeps_on_error() {
     );
     let bad = ToxicPatch {
         attributes: Some(json!({"latency": 1.5})),
-        toxicity: None,
-        matcher: None,
+        ..ToxicPatch::default()
     };
     let err = spec.patched(&bad).unwrap_err();
     assert_eq!(err.path, "attributes.latency");

@@ -285,6 +285,9 @@ fn clamps_per_connection_and_per_byte() {
         toxicity: 1.0,
         kind: latency(attrs).unwrap(),
         matcher: None,
+        ttl: None,
+        expires_at: None,
+        owner: None,
     };
     let mut cx = ToxicCx {
         rng: SmallRng::seed_from_u64(1),
