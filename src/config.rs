@@ -196,7 +196,12 @@ struct RawProxy {
     name: Spanned<String>,
     #[serde(default)]
     listen: Option<Spanned<String>>,
-    upstream: Spanned<String>,
+    #[serde(default)]
+    upstream: Option<Spanned<String>>,
+    #[serde(default)]
+    upstreams: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    policy: Option<Spanned<toml::Value>>,
     #[serde(default)]
     enabled: Option<bool>,
     #[serde(default)]
@@ -348,6 +353,7 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
         );
     }
     for (i, raw_proxy) in raw.proxy.into_iter().enumerate() {
+        let proxy_at = raw_proxy.span().start;
         let p = raw_proxy.into_inner();
         let field = format!("proxy[{i}]");
         if p.name.get_ref().is_empty() {
@@ -378,7 +384,41 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
             }
             None => crate::proxy::DEFAULT_LISTEN.to_owned(),
         };
-        check_addr(&mut c, &p.upstream, &format!("{field}.upstream"));
+        if let Some(u) = &p.upstream {
+            check_addr(&mut c, u, &format!("{field}.upstream"));
+        }
+        let json = |v: &Option<Spanned<toml::Value>>| {
+            v.as_ref()
+                .map(|v| serde_json::to_value(v.get_ref()).unwrap_or(Value::Null))
+        };
+        let (upstream, upstreams) = match crate::proxy::parse_upstreams(
+            p.upstream.as_ref().map(|u| u.get_ref().as_str()),
+            json(&p.upstreams).as_ref(),
+            json(&p.policy).as_ref(),
+        ) {
+            Ok((Some(upstream), set)) => (upstream, set),
+            Ok((None, _)) => {
+                c.at(
+                    proxy_at,
+                    format!("{field}.upstream"),
+                    "required: the address (host:port) to forward to, or upstreams = [...]",
+                );
+                (String::new(), None)
+            }
+            Err(e) => {
+                let at = match e.path.as_str() {
+                    "policy" => p.policy.as_ref().map(|v| v.span().start),
+                    "upstream" => p.upstream.as_ref().map(|v| v.span().start),
+                    _ => p.upstreams.as_ref().map(|v| v.span().start),
+                };
+                c.at(
+                    at.unwrap_or(proxy_at),
+                    format!("{field}.{}", e.path),
+                    e.message,
+                );
+                (String::new(), None)
+            }
+        };
         let protocol = match &p.protocol {
             None => Protocol::Tcp,
             Some(raw) => Protocol::parse(raw.get_ref()).unwrap_or_else(|message| {
@@ -458,7 +498,8 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
             proxy: NewProxy {
                 name: p.name.into_inner(),
                 listen,
-                upstream: p.upstream.into_inner(),
+                upstream,
+                upstreams,
                 enabled: p.enabled.unwrap_or(true),
                 protocol,
                 fault_header: p.fault_header.unwrap_or(true),
@@ -661,7 +702,8 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
             }
         };
         let name = get_str(&mut c, "name", true);
-        let upstream = get_str(&mut c, "upstream", true);
+        let has_set = map.get("upstreams").is_some_and(|v| !v.is_null());
+        let upstream = get_str(&mut c, "upstream", !has_set);
         let listen = get_str(&mut c, "listen", false);
         for (key, value) in [("listen", &listen), ("upstream", &upstream)] {
             if let Some(v) = value {
@@ -752,12 +794,24 @@ fn parse_json(text: &str) -> Result<Config, Vec<Diagnostic>> {
                 );
             }
         }
+        let (upstream, upstreams) = match crate::proxy::parse_upstreams(
+            upstream.as_deref(),
+            map.get("upstreams"),
+            map.get("policy"),
+        ) {
+            Ok(pair) => pair,
+            Err(e) => {
+                c.at(at, format!("[{i}].{}", e.path), e.message);
+                (None, None)
+            }
+        };
         if let (Some(name), Some(upstream)) = (name, upstream) {
             config.proxies.push(ProxyConfig {
                 proxy: NewProxy {
                     name,
                     listen: listen.unwrap_or_else(|| crate::proxy::DEFAULT_LISTEN.to_owned()),
                     upstream,
+                    upstreams,
                     enabled,
                     protocol,
                     fault_header,

@@ -341,7 +341,13 @@ impl Conn {
         rng: Option<SmallRng>,
         hash: Option<Arc<BodyHashCell>>,
     ) -> (Response<ResBody>, UpstreamResult) {
-        let upstream = self.link.upstream();
+        // One upstream per request, by the proxy's policy (HTTP retries are the client's call).
+        let upstream = self
+            .link
+            .candidates()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| self.link.upstream());
         // fallacy's own answers (501, 502) stand for an upstream that failed at once.
         let failed = |r| {
             (
@@ -444,6 +450,7 @@ impl Conn {
         let elapsed = sent.elapsed();
         match answered {
             Ok(mut response) => {
+                self.link.dialled(&upstream, true);
                 let status = response.status();
                 let result = UpstreamResult {
                     elapsed,
@@ -475,6 +482,7 @@ impl Conn {
                 }
                 let reason = format!("{err}: {cause}");
                 if err.is_connect() {
+                    self.link.dialled(&upstream, false);
                     self.link.metrics().upstream_connect_error();
                     warn!(proxy = %self.link.name(), %upstream, %reason, "answering 502: upstream unavailable");
                 } else {

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::measure::{MeasureSettings, ProxyStats};
 use crate::metrics::ProxyMetrics;
-use crate::toxic::{Direction, ToxicSpec};
+use crate::toxic::{AttrError, Direction, ToxicSpec};
 
 /// Where a proxy without a `listen` address listens. Toxiproxy binds every interface on a
 /// random port; fallacy stays on loopback unless told otherwise.
@@ -81,6 +81,109 @@ pub fn check_rewrite_host(
     }
 }
 
+/// How a proxy with several upstreams picks one for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// The first healthy one in order; the next on a failed dial.
+    #[default]
+    Failover,
+    /// Each in turn, skipping unhealthy ones.
+    RoundRobin,
+}
+
+impl Policy {
+    /// The name used in the API and config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Failover => "failover",
+            Policy::RoundRobin => "round_robin",
+        }
+    }
+}
+
+/// A proxy's upstreams, when it has more than one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSet {
+    /// In order of preference (failover) or of turn (round robin).
+    pub list: Vec<String>,
+    /// How one is picked.
+    pub policy: Policy,
+}
+
+/// Reads `upstream`, `upstreams` and `policy` as the API and config files give them: the
+/// primary upstream, and the set when `upstreams` lists addresses. `upstream` may be left out
+/// when `upstreams` is given; if both are, `upstream` must be the first of the list.
+pub fn parse_upstreams(
+    upstream: Option<&str>,
+    upstreams: Option<&serde_json::Value>,
+    policy: Option<&serde_json::Value>,
+) -> Result<(Option<String>, Option<UpstreamSet>), AttrError> {
+    use serde_json::Value;
+    let policy = match policy {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) if p == "failover" => Some(Policy::Failover),
+        Some(Value::String(p)) if p == "round_robin" => Some(Policy::RoundRobin),
+        Some(other) => {
+            return Err(AttrError::new(
+                "policy",
+                &format!("must be \"failover\" or \"round_robin\", got {other}"),
+            ));
+        }
+    };
+    let list = match upstreams {
+        None | Some(Value::Null) => {
+            if policy.is_some() {
+                return Err(AttrError::new("policy", "needs upstreams = [...]"));
+            }
+            return Ok((upstream.map(str::to_owned), None));
+        }
+        Some(Value::Array(list)) => list,
+        Some(other) => {
+            return Err(AttrError::new(
+                "upstreams",
+                &format!("must be a list of host:port addresses, got {other}"),
+            ));
+        }
+    };
+    if list.is_empty() {
+        return Err(AttrError::new(
+            "upstreams",
+            "must list at least one address",
+        ));
+    }
+    let mut addrs = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let Value::String(a) = v else {
+            return Err(AttrError::new(
+                &format!("upstreams[{i}]"),
+                &format!("must be a string, got {v}"),
+            ));
+        };
+        crate::config::validate_addr(a)
+            .map_err(|m| AttrError::new(&format!("upstreams[{i}]"), &m))?;
+        addrs.push(a.clone());
+    }
+    if let Some(u) = upstream.filter(|u| !u.is_empty() && *u != addrs[0]) {
+        return Err(AttrError::new(
+            "upstream",
+            &format!(
+                "{u:?} must be the first of upstreams ({:?}) or be left out",
+                addrs[0]
+            ),
+        ));
+    }
+    Ok((
+        Some(addrs[0].clone()),
+        Some(UpstreamSet {
+            list: addrs,
+            policy: policy.unwrap_or_default(),
+        }),
+    ))
+}
+
+/// How long an upstream whose dial failed is skipped.
+pub const UNHEALTHY_FOR: Duration = Duration::from_secs(2);
+
 /// Settings every proxy shares.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -112,6 +215,12 @@ pub struct Link {
     /// HTTP: the `Host` forwarded requests carry instead of the client's.
     rewrite_host: arc_swap::ArcSwapOption<String>,
     upstream: ArcSwap<String>,
+    /// Several upstreams, when configured; `upstream` is then the first.
+    pool: arc_swap::ArcSwapOption<UpstreamSet>,
+    /// Round robin's turn.
+    turn: AtomicU64,
+    /// Upstreams whose last dial failed, until when they are skipped.
+    unhealthy: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
     /// All toxics of the proxy in creation order; each connection filters its direction.
     toxics: ArcSwap<Vec<Arc<ToxicSpec>>>,
     /// Bumped on every toxic change, so open connections rebuild their chains.
@@ -135,6 +244,9 @@ impl Link {
             fault_header: AtomicBool::new(true),
             rewrite_host: arc_swap::ArcSwapOption::empty(),
             upstream: ArcSwap::from_pointee(upstream.to_owned()),
+            pool: arc_swap::ArcSwapOption::empty(),
+            turn: AtomicU64::new(0),
+            unhealthy: std::sync::Mutex::default(),
             toxics: ArcSwap::from_pointee(Vec::new()),
             generation: watch::channel(0).0,
             connections: AtomicU64::new(0),
@@ -182,9 +294,57 @@ impl Link {
         self.upstream.load_full()
     }
 
-    /// Points new connections at another upstream.
+    /// Points new connections at another upstream (and forgets a set of upstreams).
     pub fn set_upstream(&self, upstream: &str) {
+        self.pool.store(None);
         self.upstream.store(Arc::new(upstream.to_owned()));
+    }
+
+    /// Gives the proxy several upstreams; new connections pick by its policy.
+    pub fn set_upstreams(&self, set: UpstreamSet) {
+        self.upstream.store(Arc::new(set.list[0].clone()));
+        self.pool.store(Some(Arc::new(set)));
+    }
+
+    /// The set of upstreams, when there is one.
+    pub fn upstream_set(&self) -> Option<Arc<UpstreamSet>> {
+        self.pool.load_full()
+    }
+
+    /// The upstreams a new connection tries, in order: by the policy, healthy ones first
+    /// (unhealthy ones last, so a proxy whose upstreams all failed recently still tries).
+    pub fn candidates(&self) -> Vec<Arc<String>> {
+        let Some(set) = self.pool.load_full() else {
+            return vec![self.upstream()];
+        };
+        let n = set.list.len();
+        let start = match set.policy {
+            Policy::Failover => 0,
+            Policy::RoundRobin => (self.turn.fetch_add(1, Ordering::Relaxed) % n as u64) as usize,
+        };
+        let now = tokio::time::Instant::now();
+        let unhealthy = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut good, mut bad): (Vec<_>, Vec<_>) = (0..n)
+            .map(|i| &set.list[(start + i) % n])
+            .partition(|a| unhealthy.get(*a).is_none_or(|until| *until <= now));
+        good.append(&mut bad);
+        good.into_iter().map(|a| Arc::new(a.clone())).collect()
+    }
+
+    /// Records a dial's result for an upstream's health (a proxy with several upstreams).
+    pub fn dialled(&self, upstream: &str, ok: bool) {
+        if self.pool.load().is_none() {
+            return;
+        }
+        let mut unhealthy = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            unhealthy.remove(upstream);
+        } else {
+            unhealthy.insert(
+                upstream.to_owned(),
+                tokio::time::Instant::now() + UNHEALTHY_FOR,
+            );
+        }
     }
 
     /// The current toxics, upstream and downstream mixed, in creation order.

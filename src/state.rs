@@ -25,7 +25,7 @@ use tracing::info;
 
 use crate::measure::{MeasurePatch, MeasureSettings};
 use crate::partition::{Labels, Partition};
-use crate::proxy::{Link, Protocol, Settings, check_rewrite_host, listener};
+use crate::proxy::{Link, Protocol, Settings, UpstreamSet, check_rewrite_host, listener};
 use crate::toxic::{AttrError, Direction, Envelope, EnvelopeError, ToxicPatch, ToxicSpec};
 
 /// Why the store refused a change. The admin API maps each to a status code.
@@ -89,6 +89,8 @@ pub struct NewProxy {
     pub measure: MeasurePatch,
     /// The nodes the proxy joins, for partitions.
     pub labels: Option<Labels>,
+    /// Several upstreams (`upstream` is then the first).
+    pub upstreams: Option<UpstreamSet>,
 }
 
 /// A partial update of a proxy; `None` keeps the current value.
@@ -110,6 +112,10 @@ pub struct ProxyPatch {
     pub measure: MeasurePatch,
     /// New labels.
     pub labels: Option<Labels>,
+    /// New upstreams (replacing `upstream`).
+    pub upstreams: Option<UpstreamSet>,
+    /// Close the open connections too when the upstream changes (`?drain=true`).
+    pub drain: bool,
 }
 
 /// A read-only copy of a proxy, for the API.
@@ -133,6 +139,8 @@ pub struct ProxyView {
     pub measure: MeasureSettings,
     /// The nodes it joins.
     pub labels: Option<Labels>,
+    /// Its upstreams, when it has a set.
+    pub upstreams: Option<UpstreamSet>,
     /// Held streams and reset by partitions now (see [`crate::partition`]'s bits).
     pub cut: u8,
     /// Upstream toxics first, then downstream, each in creation order.
@@ -151,7 +159,19 @@ struct Entry {
 struct Running {
     accept: CancellationToken,
     conns: CancellationToken,
+    /// The stop token of the connections accepted now (a child of `conns`); replaced on a
+    /// drain, so later connections are not stopped with the earlier ones.
+    epoch: Arc<std::sync::Mutex<CancellationToken>>,
     task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Closes the open connections and keeps accepting.
+    fn drain(&self) {
+        let mut epoch = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::replace(&mut *epoch, self.conns.child_token());
+        old.cancel();
+    }
 }
 
 /// Shared handle to all proxies. Cheap to clone.
@@ -276,6 +296,9 @@ impl Store {
         link.set_fault_header(new.fault_header);
         link.set_rewrite_host(rewrite_host);
         link.set_measure(new.measure.apply(&MeasureSettings::default()));
+        if let Some(set) = new.upstreams {
+            link.set_upstreams(set);
+        }
         let toxics: Vec<Arc<ToxicSpec>> = toxics.into_iter().map(Arc::new).collect();
         link.set_toxics(toxics.clone());
         let mut entry = Entry {
@@ -343,8 +366,17 @@ impl Store {
         } else if !enabled {
             stop(entry).await;
         }
-        if let Some(upstream) = patch.upstream {
+        let rerouted = patch.upstream.is_some() || patch.upstreams.is_some();
+        if let Some(set) = patch.upstreams {
+            entry.link.set_upstreams(set);
+        } else if let Some(upstream) = patch.upstream {
             entry.link.set_upstream(&upstream);
+        }
+        if rerouted && patch.drain {
+            if let Some(running) = &entry.running {
+                info!(proxy = name, "upstream changed; draining open connections");
+                running.drain();
+            }
         }
         if let Some(on) = patch.fault_header {
             entry.link.set_fault_header(on);
@@ -672,11 +704,12 @@ impl Store {
             .map_err(|e| listen_error(&entry.listen, &e))?;
         let accept = self.inner.accept_root.child_token();
         let conns = self.inner.conn_root.child_token();
+        let epoch = Arc::new(std::sync::Mutex::new(conns.child_token()));
         let task = self.inner.tracker.spawn(listener::serve(
             listener,
             entry.link.clone(),
             accept.clone(),
-            conns.clone(),
+            epoch.clone(),
             self.inner.tracker.clone(),
         ));
         info!(proxy = %entry.link.name(), listen = %addr, upstream = %entry.link.upstream(), "proxy listening");
@@ -684,6 +717,7 @@ impl Store {
         entry.running = Some(Running {
             accept,
             conns,
+            epoch,
             task,
         });
         Ok(())
@@ -734,6 +768,7 @@ fn view(name: &str, entry: &Entry) -> ProxyView {
         rewrite_host: entry.link.rewrite_host().map(|h| h.to_string()),
         measure: MeasureSettings::clone(&entry.link.measure()),
         labels: entry.labels.clone(),
+        upstreams: entry.link.upstream_set().map(|s| UpstreamSet::clone(&s)),
         cut: entry.link.cut(),
         toxics,
     }

@@ -334,6 +334,8 @@ fn the_annotated_example_checks_clean_and_uses_every_key_and_toxic() {
         "proxy.idempotency_headers",
         "proxy.price_per_gb",
         "proxy.labels",
+        "proxy.upstreams",
+        "proxy.policy",
         "partition.name",
         "partition.a",
         "partition.b",

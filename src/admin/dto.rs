@@ -13,7 +13,7 @@ use crate::toxic::{ToxicSpec, decode_object};
 
 use crate::measure::{MeasurePatch, MeasureSettings};
 use crate::partition::Labels;
-use crate::proxy::{DEFAULT_LISTEN, Protocol};
+use crate::proxy::{DEFAULT_LISTEN, Protocol, UpstreamSet};
 use crate::units::format_duration;
 
 /// A proxy as the API shows it. Deliberately no `Logger` field (Toxiproxy leaks one).
@@ -42,6 +42,11 @@ pub struct ProxyOut {
     /// The nodes the proxy joins, when set (partitions).
     #[serde(skip_serializing_if = "Option::is_none")]
     labels: Option<Value>,
+    /// Several upstreams and how one is picked, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstreams: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'static str>,
     /// What partitions do to it now, when any cuts it.
     #[serde(skip_serializing_if = "Option::is_none")]
     partitioned: Option<Value>,
@@ -63,6 +68,8 @@ impl From<ProxyView> for ProxyOut {
             })
         });
         ProxyOut {
+            policy: v.upstreams.as_ref().map(|s| s.policy.as_str()),
+            upstreams: v.upstreams.map(|s| s.list),
             labels: v.labels.as_ref().map(|l| l.to_json()),
             partitioned,
             abandon_grace: show(m.abandon_grace != defaults.abandon_grace)
@@ -118,6 +125,10 @@ pub struct ProxyIn {
     price_per_gb: Option<Value>,
     #[serde(default)]
     labels: Option<Value>,
+    #[serde(default)]
+    upstreams: Option<Value>,
+    #[serde(default)]
+    policy: Option<Value>,
 }
 
 impl ProxyIn {
@@ -132,20 +143,31 @@ impl ProxyIn {
         let protocol = self.protocol()?.unwrap_or_default();
         let measure = self.measure()?;
         let labels = self.labels()?;
+        let (upstream, upstreams) = self.upstreams()?;
         Ok(NewProxy {
             labels,
+            upstreams,
             name: self.name.unwrap_or_default(),
             listen: self
                 .listen
                 .filter(|l| !l.is_empty())
                 .unwrap_or_else(|| DEFAULT_LISTEN.into()),
-            upstream: self.upstream.unwrap_or_default(),
+            upstream: upstream.unwrap_or_default(),
             enabled: self.enabled.unwrap_or(true),
             protocol,
             fault_header: self.fault_header.unwrap_or(true),
             measure,
             rewrite_host: self.rewrite_host,
         })
+    }
+
+    fn upstreams(&self) -> Result<(Option<String>, Option<UpstreamSet>), Error> {
+        crate::proxy::parse_upstreams(
+            self.upstream.as_deref(),
+            self.upstreams.as_ref(),
+            self.policy.as_ref(),
+        )
+        .map_err(|e| Error::BadBody(format!("{}: {}", e.path, e.message)))
     }
 
     fn labels(&self) -> Result<Option<Labels>, Error> {
@@ -183,16 +205,19 @@ impl ProxyIn {
             .transpose()
     }
 
-    /// As a partial update.
-    pub fn into_patch(self) -> Result<ProxyPatch, Error> {
+    /// As a partial update; `drain` closes open connections when the upstream changes.
+    pub fn into_patch(self, drain: bool) -> Result<ProxyPatch, Error> {
         let measure = self.measure()?;
         let labels = self.labels()?;
+        let (upstream, upstreams) = self.upstreams()?;
         Ok(ProxyPatch {
             labels,
             measure,
+            upstreams,
+            drain,
             protocol: self.protocol()?,
             listen: self.listen,
-            upstream: self.upstream,
+            upstream,
             enabled: self.enabled,
             fault_header: self.fault_header,
             rewrite_host: self.rewrite_host,

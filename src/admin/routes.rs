@@ -43,13 +43,29 @@ pub(super) async fn proxy_show(State(st): S, Path(proxy): Path<String>) -> Resul
     Ok(Json(st.store.get(&proxy).await?.into()))
 }
 
+/// `?drain=true` on a proxy update.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct UpdateQuery {
+    drain: Option<String>,
+}
+
 pub(super) async fn proxy_update(
     State(st): S,
     Path(proxy): Path<String>,
+    Query(query): Query<UpdateQuery>,
     body: Bytes,
 ) -> Result<Json<ProxyOut>> {
     st.store.get(&proxy).await?;
-    let patch = ProxyIn::from_value(parse_body(&body)?)?.into_patch()?;
+    let drain = match query.drain.as_deref() {
+        None | Some("false") => false,
+        Some("true") | Some("") => true,
+        Some(other) => {
+            return Err(Error::BadQuery(format!(
+                "drain must be true or false, got {other:?}"
+            )));
+        }
+    };
+    let patch = ProxyIn::from_value(parse_body(&body)?)?.into_patch(drain)?;
     Ok(Json(st.store.update(&proxy, patch).await?.into()))
 }
 

@@ -104,18 +104,31 @@ fn connect_delay(link: &Link, id: u64) -> Option<std::time::Duration> {
 /// The seeding stream for connect-time draws (0 and 1 are the directions).
 const CONNECT_STREAM: u64 = 2;
 
+/// Dials the upstream; with several, each candidate in the policy's order until one answers.
 async fn dial(link: &Link) -> Result<TcpStream, ConnError> {
-    let upstream = link.upstream();
     let timeout = link.settings().connect_timeout;
-    match tokio::time::timeout(timeout, TcpStream::connect(upstream.as_str())).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(source)) => Err(ConnError::Connect {
-            upstream: upstream.to_string(),
-            source,
-        }),
-        Err(_) => Err(ConnError::ConnectTimeout {
-            upstream: upstream.to_string(),
-            timeout,
-        }),
+    let mut last = None;
+    for upstream in link.candidates() {
+        let err = match tokio::time::timeout(timeout, TcpStream::connect(upstream.as_str())).await {
+            Ok(Ok(stream)) => {
+                link.dialled(&upstream, true);
+                return Ok(stream);
+            }
+            Ok(Err(source)) => ConnError::Connect {
+                upstream: upstream.to_string(),
+                source,
+            },
+            Err(_) => ConnError::ConnectTimeout {
+                upstream: upstream.to_string(),
+                timeout,
+            },
+        };
+        debug!(%err, "dial failed");
+        link.dialled(&upstream, false);
+        last = Some(err);
     }
+    Err(last.unwrap_or_else(|| ConnError::Connect {
+        upstream: link.upstream().to_string(),
+        source: std::io::Error::other("no upstream"),
+    }))
 }

@@ -17,13 +17,15 @@ use super::{Link, Protocol, conn};
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Accepts until `accept_stop` fires. Connections run on `tracker` and stop when `conn_stop`
-/// fires, which may be later than `accept_stop` (graceful drain).
+/// Accepts until `accept_stop` fires. Connections run on `tracker` and stop when the `epoch`
+/// token they were accepted under fires: with the proxy (which may be later than
+/// `accept_stop`, a graceful drain), or alone when the store drains them
+/// (`?drain=true` on an upstream change).
 pub async fn serve(
     listener: TcpListener,
     link: Arc<Link>,
     accept_stop: CancellationToken,
-    conn_stop: CancellationToken,
+    epoch: Arc<std::sync::Mutex<CancellationToken>>,
     tracker: TaskTracker,
 ) {
     let mut backoff = MIN_BACKOFF;
@@ -39,6 +41,7 @@ pub async fn serve(
         match accepted {
             Ok((client, peer)) => {
                 backoff = MIN_BACKOFF;
+                let conn_stop = epoch.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let id = link.next_connection();
                 // A debug span: at the default info level it costs nothing per connection.
                 let span = debug_span!("conn", proxy = %link.name(), id, client.addr = %peer);
