@@ -233,6 +233,8 @@ pub struct Link {
     stats: ProxyStats,
     /// Partition bits (`crate::partition::HOLD_*`, `RESET`), read per loop by the data paths.
     cut: std::sync::atomic::AtomicU8,
+    /// The same bits, while a `flap` toxic has the link down.
+    flap: std::sync::atomic::AtomicU8,
 }
 
 impl Link {
@@ -255,6 +257,7 @@ impl Link {
             measure: ArcSwap::from_pointee(MeasureSettings::default()),
             stats: ProxyStats::default(),
             cut: std::sync::atomic::AtomicU8::new(0),
+            flap: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -376,7 +379,19 @@ impl Link {
 
     /// What partitions do to this proxy now: held streams, and whether they reset.
     pub fn cut(&self) -> u8 {
+        self.cut.load(Ordering::Acquire) | self.flap.load(Ordering::Acquire)
+    }
+
+    /// The partition bits alone (without a flap's).
+    pub fn partition_cut(&self) -> u8 {
         self.cut.load(Ordering::Acquire)
+    }
+
+    /// Sets a flap's bits (0: up) and wakes the connections.
+    pub fn set_flap(&self, bits: u8) {
+        if self.flap.swap(bits, Ordering::AcqRel) != bits {
+            self.generation.send_modify(|g| *g += 1);
+        }
     }
 
     /// Sets the partition bits and wakes every open connection, so a cut or a heal reaches

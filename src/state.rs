@@ -268,6 +268,7 @@ impl Store {
         let name = new.name.clone();
         for spec in &entry.toxics {
             self.expire_later(&name, spec);
+            self.drive_flap(&entry.link, spec);
         }
         proxies.insert(new.name, entry);
         self.apply_cuts(&proxies);
@@ -523,6 +524,7 @@ impl Store {
         entry.toxics.push(spec.clone());
         entry.link.set_toxics(entry.toxics.clone());
         self.expire_later(proxy, &spec);
+        self.drive_flap(&entry.link, &spec);
         Ok(spec)
     }
 
@@ -545,6 +547,7 @@ impl Store {
         *slot = spec.clone();
         entry.link.set_toxics(entry.toxics.clone());
         self.expire_later(proxy, &spec);
+        self.drive_flap(&entry.link, &spec);
         Ok(spec)
     }
 
@@ -574,6 +577,52 @@ impl Store {
                 _ = stop.cancelled() => {}
                 _ = tokio::time::sleep_until(at) => job.await,
             }
+        });
+    }
+
+    /// Drives a `flap` toxic: up for `up`, down for `down`, until the toxic is removed or
+    /// replaced (an update starts a new driver) or the server stops.
+    fn drive_flap(&self, link: &Arc<Link>, spec: &Arc<ToxicSpec>) {
+        let crate::toxic::ToxicKind::Flap(attrs) = &spec.kind else {
+            return;
+        };
+        let (link, spec, attrs) = (link.clone(), spec.clone(), attrs.clone());
+        let stop = self.inner.accept_root.clone();
+        tokio::spawn(async move {
+            let mut cx = crate::toxic::ToxicCx {
+                rng: link.rng_for(0, FLAP_STREAM),
+            };
+            let mut changes = link.subscribe();
+            let present = |link: &Link| link.toxics().iter().any(|t| Arc::ptr_eq(t, &spec));
+            // Waits `d`; false once the toxic is gone or the server stops.
+            let mut wait = async |d: std::time::Duration| {
+                let until = tokio::time::Instant::now() + d;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep_until(until) => return present(&link),
+                        changed = changes.changed() => if changed.is_err() || !present(&link) {
+                            return false;
+                        },
+                    }
+                }
+            };
+            loop {
+                if !wait(attrs.draw(attrs.up, &mut cx.rng)).await {
+                    break;
+                }
+                let down = attrs.draw(attrs.down, &mut cx.rng);
+                if spec.applies(&mut cx) {
+                    info!(proxy = %link.name(), toxic = %spec.name, ?down, "flap: link down");
+                    link.set_flap(attrs.down_bits());
+                }
+                let going = wait(down).await;
+                link.set_flap(0);
+                if !going {
+                    break;
+                }
+            }
+            link.set_flap(0);
         });
     }
 
@@ -733,6 +782,9 @@ async fn stop(entry: &mut Entry) {
         info!(proxy = %entry.link.name(), "proxy stopped");
     }
 }
+
+/// The seeding stream of flap drivers (0..=3 are taken by connections).
+const FLAP_STREAM: u64 = 4;
 
 /// A partition as the API shows it.
 #[derive(Debug, Clone, PartialEq)]

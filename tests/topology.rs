@@ -161,3 +161,58 @@ async fn bad_upstream_sets_are_refused_by_field() {
     let (_, all) = f.call("GET", "/proxies", None).await;
     assert_eq!(all, json!({}));
 }
+
+/// `flap`: the link starts up, goes down (connections reset, new ones refused), comes back,
+/// and removing the toxic brings it up at once.
+#[tokio::test]
+async fn flap_takes_the_link_down_and_up_again() {
+    let f = Fallacy::start().await;
+    let echo = Echo::start().await;
+    let addr = f.proxy("p", echo.addr).await;
+    let t = f
+        .toxic(
+            "p",
+            json!({"name": "f", "type": "flap", "attributes": {"up": 400, "down": "400ms"}}),
+        )
+        .await;
+    assert_eq!(t["attributes"], json!({"down": 400, "up": 400}));
+    let mut s = connect(addr).await;
+    round_trip(&mut s, b"up").await;
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    // Down: the open connection was reset, a new one is refused.
+    support::assert_reset(&mut s, Duration::from_secs(2)).await;
+    let mut refused = connect(addr).await;
+    let _ = refused.write_all(b"x").await;
+    support::assert_reset(&mut refused, Duration::from_secs(2)).await;
+    // Up again after the down period.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut back = connect(addr).await;
+    round_trip(&mut back, b"back").await;
+    // Removed while up or down: up at once, for good.
+    let (status, _) = f.call("DELETE", "/proxies/p/toxics/f", None).await;
+    assert_eq!(status, 204);
+    for _ in 0..3 {
+        let mut s = connect(addr).await;
+        round_trip(&mut s, b"steady").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (attrs, words) in [
+        (
+            json!({"up": 0, "down": 1}),
+            "attributes.up: must be more than 0",
+        ),
+        (
+            json!({"up": 1, "down": 1, "distribution": "pareto"}),
+            "attributes.distribution",
+        ),
+        (
+            json!({"up": 1, "down": 1, "mode": "drop"}),
+            "attributes.mode",
+        ),
+    ] {
+        let body = json!({"type": "flap", "attributes": attrs}).to_string();
+        let (status, err) = f.call("POST", "/proxies/p/toxics", Some(&body)).await;
+        assert_eq!(status, 400, "{err}");
+        assert!(err["error"].as_str().unwrap().contains(words), "{err}");
+    }
+}

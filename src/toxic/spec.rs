@@ -43,6 +43,7 @@ pub const TOXIC_TYPES: &[&str] = &[
     "profile",
     "loss",
     "corrupt",
+    "flap",
     "http_abort",
     "http_delay",
     "maintenance",
@@ -448,6 +449,8 @@ pub enum ToxicKind {
     Loss(Box<LossAttrs>),
     /// Bit flips in a share of the bytes (destructive).
     Corrupt(CorruptAttrs),
+    /// The whole link goes down for `down`, up for `up`, again and again.
+    Flap(FlapAttrs),
     /// HTTP: answer with a status (or reset) without asking the upstream.
     HttpAbort(HttpAbortAttrs),
     /// HTTP: delay a request or its response, with any latency distribution.
@@ -622,6 +625,75 @@ pub struct CorruptAttrs {
     pub rate: f64,
 }
 
+/// `flap` attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FlapAttrs {
+    /// How long each down period lasts (its mean with `distribution = "exponential"`).
+    pub down: Millis,
+    /// How long each up period lasts (likewise).
+    pub up: Millis,
+    /// `constant` (default) or `exponential`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<String>,
+    /// `reset` (default: connections are reset and refused while down) or `blackhole` (held).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+impl FlapAttrs {
+    fn check(&self) -> Result<(), AttrError> {
+        for (name, v) in [("down", self.down), ("up", self.up)] {
+            if v.0 <= 0 {
+                return Err(AttrError::attribute(
+                    name,
+                    "must be more than 0 (a duration)",
+                ));
+            }
+        }
+        if !matches!(
+            self.distribution.as_deref(),
+            None | Some("constant" | "exponential")
+        ) {
+            return Err(AttrError::attribute(
+                "distribution",
+                "must be \"constant\" or \"exponential\"",
+            ));
+        }
+        if !matches!(self.mode.as_deref(), None | Some("reset" | "blackhole")) {
+            return Err(AttrError::attribute(
+                "mode",
+                "must be \"reset\" or \"blackhole\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The cut bits of a down period.
+    pub fn down_bits(&self) -> u8 {
+        use crate::partition::{HOLD_DOWNSTREAM, HOLD_UPSTREAM, RESET};
+        let hold = HOLD_UPSTREAM | HOLD_DOWNSTREAM;
+        if self.mode.as_deref() == Some("blackhole") {
+            hold
+        } else {
+            hold | RESET
+        }
+    }
+
+    /// The length of the next period, `mean` long on average.
+    pub fn draw(&self, mean: Millis, rng: &mut impl rand::Rng) -> Duration {
+        let mean = mean.duration();
+        match self.distribution.as_deref() {
+            Some("exponential") => {
+                let u: f64 = rng.random();
+                mean.mul_f64(-(1.0 - u).ln())
+                    .min(Duration::from_secs(86_400 * 365))
+            }
+            _ => mean,
+        }
+    }
+}
+
 /// `noop` has no attributes and shows `{}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NoopAttrs {}
@@ -642,6 +714,7 @@ impl ToxicKind {
             ToxicKind::Profile(_) => "profile",
             ToxicKind::Loss(_) => "loss",
             ToxicKind::Corrupt(_) => "corrupt",
+            ToxicKind::Flap(_) => "flap",
             ToxicKind::HttpAbort(_) => "http_abort",
             ToxicKind::HttpDelay(_) => "http_delay",
             ToxicKind::Maintenance(_) => "maintenance",
@@ -719,6 +792,11 @@ impl ToxicKind {
                 attrs.model = Some(Arc::new(super::loss::LossModel::build(&attrs)?));
                 ToxicKind::Loss(Box::new(attrs))
             }
+            "flap" => {
+                let attrs: FlapAttrs = de(attributes)?;
+                attrs.check()?;
+                ToxicKind::Flap(attrs)
+            }
             "corrupt" => {
                 let attrs: CorruptAttrs = de(attributes)?;
                 super::corrupt::check(&attrs)?;
@@ -777,6 +855,7 @@ impl ToxicKind {
             ToxicKind::Profile(a) => serde_json::to_value(a),
             ToxicKind::Loss(a) => serde_json::to_value(a),
             ToxicKind::Corrupt(a) => serde_json::to_value(a),
+            ToxicKind::Flap(a) => serde_json::to_value(a),
             ToxicKind::Bandwidth(a) => serde_json::to_value(a),
             ToxicKind::SlowClose(a) => serde_json::to_value(a),
             ToxicKind::Timeout(a) | ToxicKind::ResetPeer(a) => serde_json::to_value(a),
@@ -824,6 +903,7 @@ impl ToxicKind {
             // Acts before the stream exists (see `proxy::conn`), or on requests (see
             // `http::faults`): nothing to do per chunk.
             ToxicKind::Noop(_)
+            | ToxicKind::Flap(_)
             | ToxicKind::ConnectDelay(_)
             | ToxicKind::HttpAbort(_)
             | ToxicKind::HttpDelay(_)
@@ -836,10 +916,11 @@ impl ToxicKind {
         }
     }
 
-    /// Whether the toxic acts on the byte stream. `connect_delay` acts on the dial only, so
-    /// it stays out of the chains (and off the fast path's way).
+    /// Whether the toxic acts on the byte stream. `connect_delay` acts on the dial only and
+    /// `flap` on the whole link (through its cut), so they stay out of the chains (and off the
+    /// fast path's way).
     pub fn acts_on_stream(&self) -> bool {
-        !matches!(self, ToxicKind::ConnectDelay(_)) && !self.is_http()
+        !matches!(self, ToxicKind::ConnectDelay(_) | ToxicKind::Flap(_)) && !self.is_http()
     }
 }
 
