@@ -20,6 +20,18 @@ async fn toxics(f: &Fallacy) -> Value {
     f.call("GET", "/proxies/p/toxics", None).await.1
 }
 
+/// Polls (bounded) until proxy `p` has no toxic left.
+async fn gone_within(f: &Fallacy, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while toxics(f).await != json!([]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the toxic outlived its ttl"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_toxic_with_a_ttl_removes_itself_and_shows_its_owner() {
     let (f, _echo, addr) = with_proxy().await;
@@ -33,14 +45,7 @@ async fn a_toxic_with_a_ttl_removes_itself_and_shows_its_owner() {
     assert_eq!(t["owner"], "ci-job-7");
     let mut s = connect(addr).await;
     assert!(round_trip(&mut s, b"a").await >= Duration::from_millis(200));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while toxics(&f).await != json!([]) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the toxic outlived its ttl"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gone_within(&f, Duration::from_secs(5)).await;
     // The open connection is back to full speed.
     assert!(round_trip(&mut s, b"b").await < Duration::from_millis(100));
 }
@@ -70,14 +75,7 @@ async fn an_update_with_a_new_ttl_moves_the_expiry_and_one_without_keeps_it() {
         .call("PATCH", "/proxies/p/toxics/n", Some(r#"{"toxicity": 0.5}"#))
         .await;
     assert_eq!(t["ttl"], "2s");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while toxics(&f).await != json!([]) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the toxic outlived its ttl"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gone_within(&f, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]

@@ -128,6 +128,16 @@ impl Running {
     }
 }
 
+/// Asserts every metric named has HELP text in the exposition.
+fn assert_described(text: &str, names: &[&str]) {
+    for name in names {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}:\n{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn byte_counters_are_live_while_the_connection_is_open() {
     let f = Running::start().await;
@@ -195,17 +205,15 @@ async fn every_metric_has_help_text() {
     let mut s = connect(addr).await;
     round_trip(&mut s, b"x").await;
     let text = f.scrape().await;
-    for name in [
-        "fallacy_connections_total",
-        "fallacy_connections_active",
-        "fallacy_bytes_total",
-        "fallacy_admin_requests_total",
-    ] {
-        assert!(
-            text.contains(&format!("# HELP {name} ")),
-            "no HELP for {name}:\n{text}"
-        );
-    }
+    assert_described(
+        &text,
+        &[
+            "fallacy_connections_total",
+            "fallacy_connections_active",
+            "fallacy_bytes_total",
+            "fallacy_admin_requests_total",
+        ],
+    );
 }
 
 #[tokio::test]
@@ -350,21 +358,19 @@ async fn http_measurement_metrics_count_what_clients_did() {
     )
     .await;
     let text = f.scrape().await;
-    for name in [
-        "fallacy_upstream_response_seconds",
-        "fallacy_client_observed_seconds",
-        "fallacy_injected_delay_seconds",
-        "fallacy_client_abandoned_total",
-        "fallacy_timeout_false_positive_total",
-        "fallacy_retries_total",
-        "fallacy_request_attempts",
-        "fallacy_retry_amplification",
-    ] {
-        assert!(
-            text.contains(&format!("# HELP {name} ")),
-            "no HELP for {name}:\n{text}"
-        );
-    }
+    assert_described(
+        &text,
+        &[
+            "fallacy_upstream_response_seconds",
+            "fallacy_client_observed_seconds",
+            "fallacy_injected_delay_seconds",
+            "fallacy_client_abandoned_total",
+            "fallacy_timeout_false_positive_total",
+            "fallacy_retries_total",
+            "fallacy_request_attempts",
+            "fallacy_retry_amplification",
+        ],
+    );
 }
 
 /// TCP proxies measure requests too: a round trip through a 20 ms latency toxic is one

@@ -56,6 +56,16 @@ fn promtool(args: &[&str], stdin: Option<&str>) {
     );
 }
 
+/// POSTs JSON to the admin API and returns the answer's JSON.
+async fn post(http: &reqwest::Client, admin: SocketAddr, path: &str, body: Value) -> Value {
+    let response = http
+        .post(format!("http://{admin}{path}"))
+        .json(&body)
+        .send()
+        .await;
+    response.unwrap().json().await.unwrap()
+}
+
 async fn scrape(http: &reqwest::Client, admin: SocketAddr) -> String {
     let response = http.get(format!("http://{admin}/metrics")).send().await;
     response.unwrap().text().await.unwrap()
@@ -139,19 +149,15 @@ async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
     let (_fallacy, admin) = fallacy();
     let http = reqwest::Client::new();
     let up = upstream().await;
-    let proxy: Value = http
-        .post(format!("http://{admin}/proxies"))
-        .json(
-            &json!({"name": "web", "listen": "127.0.0.1:0", "upstream": up.to_string(),
-                      "protocol": "http", "retry_window": "1s"}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let base = format!("http://{}", proxy["listen"].as_str().unwrap());
+    let base = post(
+        &http,
+        admin,
+        "/proxies",
+        json!({"name": "web", "listen": "127.0.0.1:0",
+        "upstream": up.to_string(), "protocol": "http", "retry_window": "1s"}),
+    )
+    .await;
+    let base = format!("http://{}", base["listen"].as_str().unwrap());
     for toxic in [
         json!({"name": "slow", "type": "http_delay", "attributes": {"latency": 300}, "match": {"path": "/slow"}}),
         json!({"name": "down", "type": "http_abort", "attributes": {"status": 503}, "match": {"path": "/orders"}}),
@@ -331,15 +337,14 @@ async fn the_grafana_dashboard_queries_only_metrics_fallacy_exports() {
     let (_fallacy, admin) = fallacy();
     let http = reqwest::Client::new();
     let up = upstream().await;
-    let proxy: Value = http
-        .post(format!("http://{admin}/proxies"))
-        .json(&json!({"name": "web", "listen": "127.0.0.1:0", "upstream": up.to_string(), "protocol": "http"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let proxy = post(
+        &http,
+        admin,
+        "/proxies",
+        json!({"name": "web", "listen": "127.0.0.1:0",
+        "upstream": up.to_string(), "protocol": "http"}),
+    )
+    .await;
     http.post(format!("http://{admin}/proxies/web/toxics"))
         .json(&json!({"type": "http_delay", "attributes": {"latency": 1}}))
         .send()
