@@ -12,6 +12,7 @@
 pub mod conn;
 pub mod duplex;
 pub mod listener;
+pub mod udp;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +42,8 @@ pub enum Protocol {
     Tcp,
     /// HTTP/1.1 and h2c: toxics act on requests, `match` picks which.
     Http,
+    /// Datagrams: a session per client address, toxics act on each datagram.
+    Udp,
 }
 
 impl Protocol {
@@ -49,8 +52,10 @@ impl Protocol {
         match s {
             "tcp" => Ok(Protocol::Tcp),
             "http" => Ok(Protocol::Http),
-            "udp" => Err("\"udp\" is not supported yet; use \"tcp\" or \"http\"".into()),
-            other => Err(format!("must be \"tcp\" or \"http\", got {other:?}")),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(format!(
+                "must be \"tcp\", \"http\" or \"udp\", got {other:?}"
+            )),
         }
     }
 
@@ -59,6 +64,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Http => "http",
+            Protocol::Udp => "udp",
         }
     }
 }
@@ -71,7 +77,7 @@ pub fn check_rewrite_host(
 ) -> Result<Option<String>, String> {
     match host.filter(|h| !h.is_empty()) {
         None => Ok(None),
-        Some(_) if protocol == Protocol::Tcp => {
+        Some(_) if protocol != Protocol::Http => {
             Err("applies to HTTP proxies (\"protocol\": \"http\"); a TCP proxy has no Host".into())
         }
         Some(h) if h.parse::<http::uri::Authority>().is_err() => {

@@ -284,7 +284,7 @@ impl Store {
         // Bind before anything else exists: a proxy that cannot listen leaves no trace, not
         // even an empty metric series under its name.
         let listener = if new.enabled {
-            Some(bind(&new.listen)?)
+            Some(bind(&new.listen, new.protocol)?)
         } else {
             None
         };
@@ -742,25 +742,35 @@ impl Store {
 
     /// Binds the entry's listen address and spawns its accept loop.
     fn start(&self, entry: &mut Entry) -> Result<(), Error> {
-        let listener = bind(&entry.listen)?;
+        let listener = bind(&entry.listen, entry.link.protocol())?;
         self.serve(entry, listener)
     }
 
-    /// Spawns the accept loop of an already bound listener.
-    fn serve(&self, entry: &mut Entry, listener: TcpListener) -> Result<(), Error> {
-        let addr = listener
-            .local_addr()
-            .map_err(|e| listen_error(&entry.listen, &e))?;
+    /// Spawns the accept loop of an already bound listener (the receive loop of a UDP socket).
+    fn serve(&self, entry: &mut Entry, bound: Bound) -> Result<(), Error> {
+        let addr = match &bound {
+            Bound::Tcp(l) => l.local_addr(),
+            Bound::Udp(s) => s.local_addr(),
+        }
+        .map_err(|e| listen_error(&entry.listen, &e))?;
         let accept = self.inner.accept_root.child_token();
         let conns = self.inner.conn_root.child_token();
         let epoch = Arc::new(std::sync::Mutex::new(conns.child_token()));
-        let task = self.inner.tracker.spawn(listener::serve(
-            listener,
-            entry.link.clone(),
-            accept.clone(),
-            epoch.clone(),
-            self.inner.tracker.clone(),
-        ));
+        let task = match bound {
+            Bound::Tcp(listener) => self.inner.tracker.spawn(listener::serve(
+                listener,
+                entry.link.clone(),
+                accept.clone(),
+                epoch.clone(),
+                self.inner.tracker.clone(),
+            )),
+            Bound::Udp(socket) => self.inner.tracker.spawn(crate::proxy::udp::serve(
+                socket,
+                entry.link.clone(),
+                accept.clone(),
+                epoch.clone(),
+            )),
+        };
         info!(proxy = %entry.link.name(), listen = %addr, upstream = %entry.link.upstream(), "proxy listening");
         entry.listen = addr.to_string();
         entry.running = Some(Running {
@@ -863,10 +873,26 @@ fn first_addr(listen: &str) -> Result<SocketAddr, Error> {
 }
 
 /// Binds synchronously, so the caller knows the outcome before it answers.
-fn bind(listen: &str) -> Result<TcpListener, Error> {
+/// A bound listening socket.
+enum Bound {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+fn bind(listen: &str, protocol: Protocol) -> Result<Bound, Error> {
     let addr = first_addr(listen)?;
+    if protocol == Protocol::Udp {
+        let std = std::net::UdpSocket::bind(addr).map_err(|e| listen_error(listen, &e))?;
+        std.set_nonblocking(true)
+            .map_err(|e| listen_error(listen, &e))?;
+        return tokio::net::UdpSocket::from_std(std)
+            .map(Bound::Udp)
+            .map_err(|e| listen_error(listen, &e));
+    }
     let std = StdListener::bind(addr).map_err(|e| listen_error(listen, &e))?;
     std.set_nonblocking(true)
         .map_err(|e| listen_error(listen, &e))?;
-    TcpListener::from_std(std).map_err(|e| listen_error(listen, &e))
+    TcpListener::from_std(std)
+        .map(Bound::Tcp)
+        .map_err(|e| listen_error(listen, &e))
 }

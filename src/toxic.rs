@@ -13,6 +13,7 @@
 
 mod bandwidth;
 mod corrupt;
+pub(crate) mod datagram;
 pub mod distribution;
 pub mod http_faults;
 mod latency;
@@ -106,6 +107,10 @@ pub trait Toxic: Send + fmt::Debug {
         Verdict::Continue
     }
 
+    /// Datagram toxics: emits what has waited long enough without a new datagram to carry it
+    /// (UDP pipes call it once `deadline()` has passed; byte streams never hold chunks so).
+    fn release(&mut self, _now: Instant, _out: &mut Vec<Chunk>) {}
+
     /// Apply new attributes in place, keeping per-connection state (such as the bytes a
     /// `limit_data` toxic has already let through). Returns false when the toxic would rather be
     /// rebuilt from scratch, which is the default.
@@ -140,7 +145,48 @@ impl ToxicSpec {
     pub fn fits(&self, protocol: crate::proxy::Protocol) -> Result<(), AttrError> {
         use crate::proxy::Protocol;
         let name = self.kind.type_name();
+        if protocol != Protocol::Udp && self.kind.is_udp_only() {
+            return Err(AttrError::new(
+                "type",
+                &format!("{name} acts on datagrams; create the proxy with \"protocol\": \"udp\""),
+            ));
+        }
         match protocol {
+            Protocol::Udp => {
+                if self.matcher.is_some() {
+                    return Err(AttrError::new(
+                        "match",
+                        "matches HTTP requests, and this proxy is UDP",
+                    ));
+                }
+                match &self.kind {
+                    ToxicKind::Latency(a)
+                        if a.per.is_some() && a.per.as_deref() != Some("chunk") =>
+                    {
+                        Err(AttrError::new(
+                            "attributes.per",
+                            "on a UDP proxy latency delays every datagram; leave per out",
+                        ))
+                    }
+                    ToxicKind::Bandwidth(a) if a.shared == Some(true) => Err(AttrError::new(
+                        "attributes.shared",
+                        "is not supported on UDP proxies: each session is paced on its own",
+                    )),
+                    ToxicKind::Latency(_)
+                    | ToxicKind::Bandwidth(_)
+                    | ToxicKind::Corrupt(_)
+                    | ToxicKind::Noop(_)
+                    | ToxicKind::PacketLoss(_)
+                    | ToxicKind::Duplicate(_)
+                    | ToxicKind::Reorder(_) => Ok(()),
+                    _ => Err(AttrError::new(
+                        "type",
+                        &format!(
+                            "{name} does not act on datagrams; a UDP proxy takes latency, bandwidth, corrupt, packet_loss, duplicate, reorder and noop"
+                        ),
+                    )),
+                }
+            }
             Protocol::Tcp => {
                 if self.kind.is_http() {
                     return Err(AttrError::new(

@@ -445,20 +445,28 @@ fn toml_duration_attributes_and_defaults() {
         .iter()
         .map(|t| t.kind.type_name())
         .collect();
-    let http: Vec<&str> = every.proxies[1]
-        .toxics
-        .iter()
-        .map(|t| t.kind.type_name())
-        .collect();
+    let names = |i: usize| -> Vec<&str> {
+        every.proxies[i]
+            .toxics
+            .iter()
+            .map(|t| t.kind.type_name())
+            .collect()
+    };
+    let (udp, http) = (names(1), names(2));
     assert_eq!(
         every.proxies[1].proxy.protocol,
+        fallacy::proxy::Protocol::Udp
+    );
+    assert_eq!(
+        every.proxies[2].proxy.protocol,
         fallacy::proxy::Protocol::Http
     );
-    assert!(every.proxies[1].toxics.iter().all(|t| t.kind.is_http()));
-    // Between them, the two proxies show every type once, in the order of TOXIC_TYPES.
-    let all: Vec<&str> = types.iter().chain(&http).copied().collect();
+    assert!(every.proxies[1].toxics.iter().all(|t| t.kind.is_udp_only()));
+    assert!(every.proxies[2].toxics.iter().all(|t| t.kind.is_http()));
+    // Between them, the three proxies show every type once, in the order of TOXIC_TYPES.
+    let all: Vec<&str> = types.iter().chain(&udp).chain(&http).copied().collect();
     assert_eq!(all, TOXIC_TYPES);
-    assert!(every.proxies[1].toxics[0].matcher.is_some());
+    assert!(every.proxies[2].toxics[0].matcher.is_some());
 
     let server = load("server_and_admin.toml");
     assert_eq!(server.admin.as_deref(), Some("localhost:8474"));

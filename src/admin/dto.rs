@@ -89,7 +89,7 @@ impl From<ProxyView> for ProxyOut {
             listen: v.listen,
             upstream: v.upstream,
             enabled: v.enabled,
-            protocol: (v.protocol == Protocol::Http).then_some(v.protocol.as_str()),
+            protocol: (v.protocol != Protocol::Tcp).then_some(v.protocol.as_str()),
             fault_header: (v.protocol == Protocol::Http).then_some(v.fault_header),
             rewrite_host: v.rewrite_host,
             toxics: v.toxics,

@@ -57,28 +57,16 @@ pub enum LossProcess {
     },
 }
 
-/// Validated `loss` settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LossModel {
-    /// The loss process.
-    pub process: LossProcess,
-    /// The modelled round trip.
-    pub rtt: Duration,
-    /// The floor of the retransmission timeout.
-    pub rto_min: Duration,
-    /// Segment size.
-    pub mss: usize,
-}
-
-/// The loss process's state on one connection and direction.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LossState {
-    bad: bool,
-}
-
-impl LossModel {
-    /// Checks the attributes; every error names the attribute.
-    pub fn build(a: &super::spec::LossAttrs) -> Result<LossModel, AttrError> {
+impl LossProcess {
+    /// Reads `rate`, or `p`, `r`, `loss_good` and `loss_bad` (shared by `loss` and UDP's
+    /// `packet_loss`); every error names the attribute.
+    pub fn build(
+        rate: Option<f64>,
+        p: Option<f64>,
+        r: Option<f64>,
+        loss_good: Option<f64>,
+        loss_bad: Option<f64>,
+    ) -> Result<LossProcess, AttrError> {
         let chance = |v: Option<f64>, name: &str| -> Result<Option<f64>, AttrError> {
             match v {
                 Some(x) if !(0.0..=1.0).contains(&x) || x.is_nan() => Err(AttrError::attribute(
@@ -88,13 +76,13 @@ impl LossModel {
                 other => Ok(other),
             }
         };
-        let rate = chance(a.rate, "rate")?;
-        let (p, r) = (chance(a.p, "p")?, chance(a.r, "r")?);
+        let rate = chance(rate, "rate")?;
+        let (p, r) = (chance(p, "p")?, chance(r, "r")?);
         let (loss_good, loss_bad) = (
-            chance(a.loss_good, "loss_good")?,
-            chance(a.loss_bad, "loss_bad")?,
+            chance(loss_good, "loss_good")?,
+            chance(loss_bad, "loss_bad")?,
         );
-        let process = match (rate, p, r) {
+        Ok(match (rate, p, r) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 return Err(AttrError::attribute(
                     "rate",
@@ -136,7 +124,54 @@ impl LossModel {
                     "required: a chance per segment (0..1), or p and r for bursts",
                 ));
             }
-        };
+        })
+    }
+
+    /// Draws whether the next segment (or datagram) is lost, moving the state.
+    pub fn lost(&self, state: &mut LossState, rng: &mut impl Rng) -> bool {
+        match *self {
+            LossProcess::Bernoulli(rate) => rate > 0.0 && rng.random::<f64>() < rate,
+            LossProcess::GilbertElliott {
+                p,
+                r,
+                loss_good,
+                loss_bad,
+            } => {
+                // Move first, then draw in the new state: a burst starts with its first loss.
+                let flip = if state.bad { r } else { p };
+                if rng.random::<f64>() < flip {
+                    state.bad = !state.bad;
+                }
+                let chance = if state.bad { loss_bad } else { loss_good };
+                chance > 0.0 && rng.random::<f64>() < chance
+            }
+        }
+    }
+}
+
+/// Validated `loss` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossModel {
+    /// The loss process.
+    pub process: LossProcess,
+    /// The modelled round trip.
+    pub rtt: Duration,
+    /// The floor of the retransmission timeout.
+    pub rto_min: Duration,
+    /// Segment size.
+    pub mss: usize,
+}
+
+/// The loss process's state on one connection and direction.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LossState {
+    bad: bool,
+}
+
+impl LossModel {
+    /// Checks the attributes; every error names the attribute.
+    pub fn build(a: &super::spec::LossAttrs) -> Result<LossModel, AttrError> {
+        let process = LossProcess::build(a.rate, a.p, a.r, a.loss_good, a.loss_bad)?;
         let duration = |v: Option<Millis>, name: &str, default: Duration| match v {
             Some(m) if m.0 < 0 => Err(AttrError::attribute(
                 name,

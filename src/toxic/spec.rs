@@ -44,6 +44,9 @@ pub const TOXIC_TYPES: &[&str] = &[
     "loss",
     "corrupt",
     "flap",
+    "packet_loss",
+    "duplicate",
+    "reorder",
     "http_abort",
     "http_delay",
     "maintenance",
@@ -451,6 +454,12 @@ pub enum ToxicKind {
     Corrupt(CorruptAttrs),
     /// The whole link goes down for `down`, up for `up`, again and again.
     Flap(FlapAttrs),
+    /// UDP: datagrams really dropped, independently or in bursts.
+    PacketLoss(Box<PacketLossAttrs>),
+    /// UDP: datagrams sent twice.
+    Duplicate(RateAttrs),
+    /// UDP: datagrams held back behind `gap` later ones.
+    Reorder(ReorderAttrs),
     /// HTTP: answer with a status (or reset) without asking the upstream.
     HttpAbort(HttpAbortAttrs),
     /// HTTP: delay a request or its response, with any latency distribution.
@@ -625,6 +634,59 @@ pub struct CorruptAttrs {
     pub rate: f64,
 }
 
+/// `packet_loss` attributes: `rate`, or Gilbert-Elliott's `p`, `r`, `loss_good`, `loss_bad`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PacketLossAttrs {
+    /// Chance per datagram, independently.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Gilbert-Elliott: chance per datagram of going from good to bad.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p: Option<f64>,
+    /// Gilbert-Elliott: chance per datagram of going from bad to good.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub r: Option<f64>,
+    /// Loss chance in the good state (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_good: Option<f64>,
+    /// Loss chance in the bad state (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_bad: Option<f64>,
+    /// The validated process.
+    #[serde(skip)]
+    pub(crate) process: Option<super::loss::LossProcess>,
+}
+
+/// `duplicate` attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateAttrs {
+    /// Chance per datagram, 0..1.
+    pub rate: f64,
+}
+
+/// `reorder` attributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReorderAttrs {
+    /// Chance per datagram of being held back, 0..1.
+    pub rate: f64,
+    /// How many later datagrams overtake a held one (default 1).
+    pub gap: i64,
+}
+
+fn check_chance(v: f64, name: &str) -> Result<(), AttrError> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(AttrError::attribute(
+            name,
+            format!("must be a probability between 0 and 1, got {v}"),
+        ))
+    }
+}
+
 /// `flap` attributes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -715,6 +777,9 @@ impl ToxicKind {
             ToxicKind::Loss(_) => "loss",
             ToxicKind::Corrupt(_) => "corrupt",
             ToxicKind::Flap(_) => "flap",
+            ToxicKind::PacketLoss(_) => "packet_loss",
+            ToxicKind::Duplicate(_) => "duplicate",
+            ToxicKind::Reorder(_) => "reorder",
             ToxicKind::HttpAbort(_) => "http_abort",
             ToxicKind::HttpDelay(_) => "http_delay",
             ToxicKind::Maintenance(_) => "maintenance",
@@ -724,6 +789,14 @@ impl ToxicKind {
             ToxicKind::Tamper(_) => "tamper",
             ToxicKind::Downgrade(_) => "downgrade",
         }
+    }
+
+    /// Whether the toxic acts on datagrams and so needs a UDP proxy.
+    pub fn is_udp_only(&self) -> bool {
+        matches!(
+            self,
+            ToxicKind::PacketLoss(_) | ToxicKind::Duplicate(_) | ToxicKind::Reorder(_)
+        )
     }
 
     /// Whether the toxic acts on requests and so needs an HTTP proxy.
@@ -792,6 +865,36 @@ impl ToxicKind {
                 attrs.model = Some(Arc::new(super::loss::LossModel::build(&attrs)?));
                 ToxicKind::Loss(Box::new(attrs))
             }
+            "packet_loss" => {
+                let mut attrs: PacketLossAttrs = de(attributes)?;
+                attrs.process = Some(super::loss::LossProcess::build(
+                    attrs.rate,
+                    attrs.p,
+                    attrs.r,
+                    attrs.loss_good,
+                    attrs.loss_bad,
+                )?);
+                ToxicKind::PacketLoss(Box::new(attrs))
+            }
+            "duplicate" => {
+                let attrs: RateAttrs = de(attributes)?;
+                check_chance(attrs.rate, "rate")?;
+                ToxicKind::Duplicate(attrs)
+            }
+            "reorder" => {
+                let mut attrs: ReorderAttrs = de(attributes)?;
+                check_chance(attrs.rate, "rate")?;
+                if attrs.gap == 0 {
+                    attrs.gap = 1;
+                }
+                if !(1..=1000).contains(&attrs.gap) {
+                    return Err(AttrError::attribute(
+                        "gap",
+                        format!("must be 1 to 1000 datagrams, got {}", attrs.gap),
+                    ));
+                }
+                ToxicKind::Reorder(attrs)
+            }
             "flap" => {
                 let attrs: FlapAttrs = de(attributes)?;
                 attrs.check()?;
@@ -856,6 +959,9 @@ impl ToxicKind {
             ToxicKind::Loss(a) => serde_json::to_value(a),
             ToxicKind::Corrupt(a) => serde_json::to_value(a),
             ToxicKind::Flap(a) => serde_json::to_value(a),
+            ToxicKind::PacketLoss(a) => serde_json::to_value(a),
+            ToxicKind::Duplicate(a) => serde_json::to_value(a),
+            ToxicKind::Reorder(a) => serde_json::to_value(a),
             ToxicKind::Bandwidth(a) => serde_json::to_value(a),
             ToxicKind::SlowClose(a) => serde_json::to_value(a),
             ToxicKind::Timeout(a) | ToxicKind::ResetPeer(a) => serde_json::to_value(a),
@@ -902,6 +1008,12 @@ impl ToxicKind {
             ToxicKind::Corrupt(a) => Box::new(super::corrupt::Corrupt::new(a)),
             // Acts before the stream exists (see `proxy::conn`), or on requests (see
             // `http::faults`): nothing to do per chunk.
+            ToxicKind::PacketLoss(a) => match a.process {
+                Some(p) => Box::new(super::datagram::PacketLoss::new(p)),
+                None => Box::new(Noop),
+            },
+            ToxicKind::Duplicate(a) => Box::new(super::datagram::Duplicate::new(a.rate)),
+            ToxicKind::Reorder(a) => Box::new(super::datagram::Reorder::new(a)),
             ToxicKind::Noop(_)
             | ToxicKind::Flap(_)
             | ToxicKind::ConnectDelay(_)
