@@ -662,16 +662,20 @@ async fn bad_http_input_is_refused_and_changes_nothing() {
         body["error"].as_str().unwrap().contains("protocol"),
         "{body}"
     );
+    // "udp" is a protocol now (tests/udp.rs); a misspelled one is not.
     let (status, body) = f
         .call(
             "POST",
             "/proxies",
-            Some(r#"{"name":"u","upstream":"127.0.0.1:1","protocol":"udp"}"#),
+            Some(r#"{"name":"u","upstream":"127.0.0.1:1","protocol":"UDP"}"#),
         )
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("protocol"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("must be \"tcp\", \"http\" or \"udp\""),
         "{body}"
     );
     let (status, _) = f.call("GET", "/proxies/u", None).await;
