@@ -151,11 +151,11 @@ impl Partition {
         for key in map.keys() {
             if !matches!(
                 key.as_str(),
-                "name" | "a" | "b" | "direction" | "mode" | "duration" | "owner"
+                "name" | "a" | "b" | "direction" | "mode" | "duration" | "ttl" | "owner"
             ) {
                 return Err(AttrError::new(
                     key,
-                    "unknown field; a partition has name, a, b, direction, mode, duration and owner",
+                    "unknown field; a partition has name, a, b, direction, mode, duration (or ttl) and owner",
                 ));
             }
         }
@@ -235,7 +235,15 @@ impl Partition {
                 ));
             }
         };
-        let duration = match map.get("duration") {
+        if map.get("duration").is_some_and(|v| !v.is_null())
+            && map.get("ttl").is_some_and(|v| !v.is_null())
+        {
+            return Err(AttrError::new(
+                "ttl",
+                "is another name for duration: give one of them",
+            ));
+        }
+        let duration = match map.get("duration").or_else(|| map.get("ttl")) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => {
                 let d =
@@ -376,6 +384,12 @@ mod tests {
     }
 
     #[test]
+    fn ttl_is_another_name_for_duration() {
+        let p = partition(json!({"name": "s", "a": ["app"], "b": ["db"], "ttl": "90s"})).unwrap();
+        assert_eq!(p.duration, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
     fn a_proxy_named_in_a_group_is_cut_whole() {
         let p = partition(json!({"name": "s", "a": ["p13"], "b": ["n1"], "direction": "a_to_b"}))
             .unwrap();
@@ -464,9 +478,14 @@ mod tests {
                 "positive",
             ),
             (
-                json!({"name": "s", "a": ["app"], "b": ["db"], "ttl": "1s"}),
-                "ttl",
+                json!({"name": "s", "a": ["app"], "b": ["db"], "after": "1s"}),
+                "after",
                 "unknown field",
+            ),
+            (
+                json!({"name": "s", "a": ["app"], "b": ["db"], "ttl": "1s", "duration": "2s"}),
+                "ttl",
+                "another name for duration",
             ),
             (
                 json!({"name": "s", "a": [1], "b": ["db"]}),

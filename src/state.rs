@@ -279,6 +279,12 @@ impl Store {
         for spec in &toxics {
             spec.fits(new.protocol)?;
         }
+        if new.protocol == Protocol::Udp {
+            // A UDP upstream is resolved when a session opens, where a bad address could only
+            // be logged: refuse it now.
+            crate::config::validate_addr(&new.upstream)
+                .map_err(|m| AttrError::new("upstream", &m))?;
+        }
         let rewrite_host = check_rewrite_host(new.protocol, new.rewrite_host.as_deref())
             .map_err(|m| AttrError::new("rewrite_host", &m))?;
         // Bind before anything else exists: a proxy that cannot listen leaves no trace, not
@@ -323,6 +329,10 @@ impl Store {
         let entry = proxies.get_mut(name).ok_or(Error::ProxyNotFound)?;
         if let Some(upstream) = &patch.upstream {
             require(upstream, "upstream")?;
+            if entry.link.protocol() == Protocol::Udp {
+                crate::config::validate_addr(upstream)
+                    .map_err(|m| AttrError::new("upstream", &m))?;
+            }
         }
         let rewrite_host = patch
             .rewrite_host

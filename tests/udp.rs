@@ -228,6 +228,27 @@ async fn toxics_refuse_the_wrong_kind_of_proxy() {
         assert_eq!(status, 400, "{t}: {err}");
         assert!(err["error"].as_str().unwrap().contains(words), "{t}: {err}");
     }
+    for (body, words) in [
+        (
+            json!({"name": "v", "upstream": "nowhere", "protocol": "udp"}),
+            "upstream: \"nowhere\" is not host:port",
+        ),
+        (
+            json!({"name": "v", "upstream": "127.0.0.1:99999", "protocol": "udp"}),
+            "upstream:",
+        ),
+    ] {
+        let (status, err) = f.call("POST", "/proxies", Some(&body.to_string())).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert!(
+            err["error"].as_str().unwrap().contains(words),
+            "{body}: {err}"
+        );
+    }
+    let (status, err) = f
+        .call("PATCH", "/proxies/u", Some(r#"{"upstream": "nowhere"}"#))
+        .await;
+    assert_eq!(status, 400, "{err}");
     let echo = support::Echo::start().await;
     f.proxy("t", echo.addr).await;
     let (status, err) = f
