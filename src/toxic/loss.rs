@@ -205,23 +205,7 @@ impl LossModel {
 
     /// Draws whether the next segment is lost, moving the state.
     pub fn lost(&self, state: &mut LossState, rng: &mut impl Rng) -> bool {
-        match self.process {
-            LossProcess::Bernoulli(rate) => rate > 0.0 && rng.random::<f64>() < rate,
-            LossProcess::GilbertElliott {
-                p,
-                r,
-                loss_good,
-                loss_bad,
-            } => {
-                // Move first, then draw in the new state: a burst starts with its first loss.
-                let flip = if state.bad { r } else { p };
-                if rng.random::<f64>() < flip {
-                    state.bad = !state.bad;
-                }
-                let chance = if state.bad { loss_bad } else { loss_good };
-                chance > 0.0 && rng.random::<f64>() < chance
-            }
-        }
+        self.process.lost(state, rng)
     }
 
     /// What recovering one segment costs: nothing, or the first recovery (a fast retransmit's
