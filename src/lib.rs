@@ -12,6 +12,7 @@
 //! | [`admin`] | the HTTP admin API (axum) |
 //! | [`demo`] | `fallacy demo`: the timeout false-positive lesson, self-contained |
 //! | [`measure`] | what clients did: abandonment, false timeouts, retries, timeout advice |
+//! | [`scenario`] | scenarios: the format, its checks and the planner (the runner comes next) |
 //! | [`partition`] | named cuts between groups of nodes: shapes, validation, each proxy's cut |
 //! | [`metrics`] | metric names, help texts, data-path helpers |
 //! | [`shutdown`] | OS signals |
@@ -31,6 +32,7 @@ pub mod measure;
 pub mod metrics;
 pub mod partition;
 pub mod proxy;
+pub mod scenario;
 pub mod shutdown;
 pub mod state;
 pub mod timer;
