@@ -14,6 +14,8 @@
 //! | POST, PATCH | `/proxies/{p}/toxics/{t}` | 200 (attributes merged) |
 //! | DELETE | `/proxies/{p}/toxics/{t}` | 204 |
 //! | POST | `/reset` | 204 (heals partitions too) |
+//! | GET, POST | `/scenarios` | 200 array; 201 scenario (JSON or TOML body); 400, 409 |
+//! | GET, DELETE | `/scenarios/{name}` | 200; 204 (stops and reverts); 404 |
 //! | GET | `/audit?limit=N` | 200, the last N changes (default 100, at most 1000) |
 //! | GET, POST | `/partitions` | 200 array; 201 partition; 400, 409 |
 //! | GET, DELETE | `/partitions/{name}` | 200; 204 (heals); 404 |
@@ -57,6 +59,10 @@ pub struct AdminState {
     prometheus: Option<PrometheusHandle>,
     shutdown: CancellationToken,
     audit: Arc<Mutex<VecDeque<AuditEntry>>>,
+    /// Scenarios started through the API, by name.
+    scenarios: Arc<
+        tokio::sync::Mutex<std::collections::BTreeMap<String, crate::scenario::runner::Running>>,
+    >,
 }
 
 /// One admin change, as `GET /audit` shows it.
@@ -94,6 +100,7 @@ impl AdminState {
             prometheus,
             shutdown,
             audit: Arc::default(),
+            scenarios: Arc::default(),
         }
     }
 }
@@ -131,6 +138,11 @@ pub fn router(state: AdminState) -> Router {
             get(partition_show).delete(partition_delete),
         )
         .route("/audit", get(audit))
+        .route("/scenarios", get(scenario_index).post(scenario_create))
+        .route(
+            "/scenarios/{scenario}",
+            get(scenario_show).delete(scenario_delete),
+        )
         .route("/reset", post(reset))
         .route("/version", get(version))
         .route("/metrics", get(metrics))

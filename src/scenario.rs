@@ -11,6 +11,8 @@
 //! folding the plan over it gives what applying the steps one by one gives, and that a cycle
 //! ends where it started.
 
+pub mod runner;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

@@ -24,6 +24,12 @@ pub enum Error {
     /// A known route with another method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// Something by that name is not there (extensions).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with what runs (extensions).
+    #[error("{0}")]
+    Conflict(String),
     /// A query parameter is missing or wrong.
     #[error("bad query: {0}")]
     BadQuery(String),
@@ -38,10 +44,10 @@ impl Error {
         use state::Error as S;
         match self {
             Error::Store(S::ProxyNotFound | S::ToxicNotFound | S::PartitionNotFound)
-            | Error::RouteNotFound => StatusCode::NOT_FOUND,
-            Error::Store(S::ProxyExists | S::ToxicExists | S::PartitionExists) => {
-                StatusCode::CONFLICT
-            }
+            | Error::RouteNotFound
+            | Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Store(S::ProxyExists | S::ToxicExists | S::PartitionExists)
+            | Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Store(S::MissingField(_) | S::Envelope(_) | S::Attr(_))
             | Error::BadBody(_)
             | Error::BadQuery(_) => StatusCode::BAD_REQUEST,

@@ -160,6 +160,63 @@ pub(super) async fn toxic_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+pub(super) async fn scenario_index(State(st): S) -> Json<Value> {
+    let scenarios = st.scenarios.lock().await;
+    Json(Value::Array(
+        scenarios.values().map(|r| r.to_json()).collect(),
+    ))
+}
+
+/// Starts a scenario from its JSON shape, or from TOML (a body that is not JSON is read as
+/// TOML). Everything is checked against the store before the first change.
+pub(super) async fn scenario_create(
+    State(st): S,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>)> {
+    use crate::scenario::{Scenario, runner};
+    let bad = |e: crate::toxic::AttrError| Error::BadBody(format!("{}: {}", e.path, e.message));
+    let scenario = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => Scenario::from_json(&v).map_err(bad)?,
+        Err(_) => {
+            let text = std::str::from_utf8(&body)
+                .map_err(|_| Error::BadBody("a scenario is JSON or TOML text".into()))?;
+            Scenario::from_toml(text).map_err(bad)?
+        }
+    };
+    runner::check(&st.store, &scenario).await.map_err(bad)?;
+    let mut scenarios = st.scenarios.lock().await;
+    if scenarios.get(&scenario.name).is_some_and(|r| !r.done()) {
+        return Err(Error::Conflict(format!(
+            "scenario {:?} is running; DELETE /scenarios/{} first",
+            scenario.name, scenario.name
+        )));
+    }
+    let name = scenario.name.clone();
+    let running = runner::start(st.store.clone(), scenario);
+    let out = running.to_json();
+    scenarios.insert(name, running);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+pub(super) async fn scenario_show(State(st): S, Path(name): Path<String>) -> Result<Json<Value>> {
+    let scenarios = st.scenarios.lock().await;
+    scenarios
+        .get(&name)
+        .map(|r| Json(r.to_json()))
+        .ok_or_else(|| Error::NotFound(format!("scenario {name:?} not found")))
+}
+
+pub(super) async fn scenario_delete(State(st): S, Path(name): Path<String>) -> Result<StatusCode> {
+    let running = st.scenarios.lock().await.remove(&name);
+    match running {
+        Some(r) => {
+            r.stop().await;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        None => Err(Error::NotFound(format!("scenario {name:?} not found"))),
+    }
+}
+
 /// `?limit=N`.
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct AuditQuery {

@@ -1,0 +1,282 @@
+//! Playing a scenario: check it against the store, then sleep until each planned change and
+//! apply it through the store (the same methods the admin API calls). Stopping reverts what
+//! the current cycle has changed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Action, Change, Model, Scenario};
+use crate::state::{ProxyPatch, Store};
+use crate::toxic::{AttrError, Envelope, ToxicPatch};
+
+/// What a running scenario shows.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// The phase in force (the last step applied), `None` before the first.
+    pub phase: Option<String>,
+    /// The cycle being played (from 0).
+    pub cycle: u32,
+    /// Changes applied so far.
+    pub applied: u64,
+    /// Changes the store refused while running (the scenario goes on).
+    pub errors: Vec<String>,
+    /// The next change: when (from the start) and what.
+    pub next: Option<(Duration, String)>,
+    /// Over: played to its end, or stopped.
+    pub done: bool,
+}
+
+/// A scenario playing in the background.
+pub struct Running {
+    /// The scenario.
+    pub scenario: Scenario,
+    started: Instant,
+    status: Arc<Mutex<Status>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// The figures `GET /scenarios` shows.
+    pub fn to_json(&self) -> Value {
+        let s = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        json!({
+            "name": self.scenario.name,
+            "duration": crate::units::format_duration(self.scenario.duration),
+            "repeat": self.scenario.repeat,
+            "state": if s.done { "done" } else { "running" },
+            "phase": s.phase,
+            "cycle": s.cycle,
+            "elapsed_ms": self.started.elapsed().as_millis() as u64,
+            "applied": s.applied,
+            "errors": s.errors,
+            "next": s.next.map(|(at, what)| json!({"at_ms": at.as_millis() as u64, "change": what})),
+        })
+    }
+
+    /// Stops it and reverts what its current cycle changed; waits for both.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Whether it has played to its end.
+    pub fn done(&self) -> bool {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).done
+    }
+}
+
+fn describe(a: &Action) -> String {
+    match a {
+        Action::AddToxic { proxy, name, .. } => format!("add {proxy}/{name}"),
+        Action::UpdateToxic { proxy, name, .. } => format!("update {proxy}/{name}"),
+        Action::RemoveToxic { proxy, name } => format!("remove {proxy}/{name}"),
+        Action::Partition { name, .. } => format!("partition {name}"),
+        Action::Heal(n) => format!("heal {n}"),
+        Action::Enable(p) => format!("enable {p}"),
+        Action::Disable(p) => format!("disable {p}"),
+        Action::Upstream { proxy, upstream } => format!("upstream {proxy} -> {upstream}"),
+        Action::RestoreUpstream(p) => format!("restore upstream of {p}"),
+    }
+}
+
+/// Checks every change against the store before anything is applied: the proxies exist, the
+/// toxic bodies decode and fit their proxy, updated and removed toxics exist (or are added
+/// earlier by the scenario). The error names the step.
+pub async fn check(store: &Store, scenario: &Scenario) -> Result<(), AttrError> {
+    let mut added: Vec<(String, String)> = Vec::new();
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let at = |what: &str| format!("step[{i}].{what}");
+        for action in &step.actions {
+            let proxy = match action {
+                Action::AddToxic { proxy, .. }
+                | Action::UpdateToxic { proxy, .. }
+                | Action::RemoveToxic { proxy, .. }
+                | Action::Upstream { proxy, .. }
+                | Action::Enable(proxy)
+                | Action::Disable(proxy)
+                | Action::RestoreUpstream(proxy) => Some(proxy),
+                _ => None,
+            };
+            let view =
+                match proxy {
+                    Some(p) => Some(store.get(p).await.map_err(|_| {
+                        AttrError::new(&at("proxy"), &format!("no proxy named {p:?}"))
+                    })?),
+                    None => None,
+                };
+            match action {
+                Action::AddToxic { proxy, name, toxic } => {
+                    let env = Envelope::from_json(toxic.clone())
+                        .map_err(|e| AttrError::new(&at("add"), &e.to_string()))?;
+                    let head = env
+                        .head()
+                        .map_err(|e| AttrError::new(&at("add"), &e.to_string()))?;
+                    let spec = env
+                        .into_spec(head)
+                        .map_err(|e| AttrError::new(&at(&format!("add.{}", e.path)), &e.message))?;
+                    if let Some(v) = &view {
+                        spec.fits(v.protocol).map_err(|e| {
+                            AttrError::new(&at(&format!("add.{}", e.path)), &e.message)
+                        })?;
+                    }
+                    added.push((proxy.clone(), name.clone()));
+                }
+                Action::UpdateToxic { proxy, name, .. } | Action::RemoveToxic { proxy, name } => {
+                    let known = added.contains(&(proxy.clone(), name.clone()))
+                        || view
+                            .as_ref()
+                            .is_some_and(|v| v.toxics.iter().any(|t| &t.name == name));
+                    if !known {
+                        return Err(AttrError::new(
+                            &at("toxic"),
+                            &format!(
+                                "no toxic {name:?} on proxy {proxy:?}, nor added by an earlier step"
+                            ),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts playing a checked scenario.
+pub fn start(store: Store, scenario: Scenario) -> Running {
+    let status = Arc::new(Mutex::new(Status::default()));
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let task = {
+        let (status, stop, scenario) = (status.clone(), stop.clone(), scenario.clone());
+        tokio::spawn(async move { play(store, scenario, started, status, stop).await })
+    };
+    Running {
+        scenario,
+        started,
+        status,
+        stop,
+        task,
+    }
+}
+
+async fn play(
+    store: Store,
+    scenario: Scenario,
+    started: Instant,
+    status: Arc<Mutex<Status>>,
+    stop: CancellationToken,
+) {
+    let mut originals: BTreeMap<String, String> = BTreeMap::new();
+    let mut cycle = 0u32;
+    info!(scenario = %scenario.name, "scenario started");
+    'cycles: loop {
+        let plan: Vec<Change> = scenario.plan_cycle(cycle);
+        let mut model = Model::default();
+        for (i, change) in plan.iter().enumerate() {
+            {
+                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                s.cycle = cycle;
+                s.next = Some((change.at, describe(&change.action)));
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    // Undo what this cycle has done so far.
+                    for action in model.undo() {
+                        apply(&store, &action, &mut originals).await.ok();
+                    }
+                    break 'cycles;
+                }
+                _ = tokio::time::sleep_until(started + change.at) => {}
+            }
+            let result = apply(&store, &change.action, &mut originals).await;
+            model.apply(&change.action);
+            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+            s.applied += 1;
+            if change.phase != "end" {
+                s.phase = Some(change.phase.clone());
+            }
+            if let Err(e) = result {
+                warn!(scenario = %scenario.name, change = %describe(&change.action), %e, "scenario change refused");
+                s.errors.push(format!("{}: {e}", describe(&change.action)));
+            }
+            if i + 1 == plan.len() {
+                s.next = None;
+            }
+        }
+        cycle += 1;
+        if scenario.repeat != 0 && cycle >= scenario.repeat {
+            // Wait out the end of the last cycle, so `done` means the timeline is over.
+            let end = started + scenario.duration * cycle;
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep_until(end) => {}
+            }
+            break;
+        }
+    }
+    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+    s.done = true;
+    s.next = None;
+    info!(scenario = %scenario.name, "scenario over");
+}
+
+/// Applies one change through the store.
+async fn apply(
+    store: &Store,
+    action: &Action,
+    originals: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
+    let result = match action {
+        Action::AddToxic { proxy, toxic, .. } => {
+            let env = Envelope::from_json(toxic.clone()).map_err(|e| e.to_string())?;
+            store.add_toxic(proxy, env).await.map(|_| ())
+        }
+        Action::UpdateToxic { proxy, name, patch } => {
+            let patch = ToxicPatch::from_json(patch.clone()).map_err(|e| e.to_string())?;
+            store.update_toxic(proxy, name, patch).await.map(|_| ())
+        }
+        Action::RemoveToxic { proxy, name } => store.remove_toxic(proxy, name).await,
+        Action::Partition { body, .. } => store.create_partition(body).await.map(|_| ()),
+        Action::Heal(name) => store.delete_partition(name).await,
+        Action::Enable(p) | Action::Disable(p) => {
+            let patch = ProxyPatch {
+                enabled: Some(matches!(action, Action::Enable(_))),
+                ..ProxyPatch::default()
+            };
+            store.update(p, patch).await.map(|_| ())
+        }
+        Action::Upstream { proxy, upstream } => {
+            if let Ok(v) = store.get(proxy).await {
+                originals.entry(proxy.clone()).or_insert(v.upstream);
+            }
+            let patch = ProxyPatch {
+                upstream: Some(upstream.clone()),
+                ..ProxyPatch::default()
+            };
+            store.update(proxy, patch).await.map(|_| ())
+        }
+        Action::RestoreUpstream(proxy) => match originals.remove(proxy) {
+            Some(upstream) => {
+                let patch = ProxyPatch {
+                    upstream: Some(upstream),
+                    ..ProxyPatch::default()
+                };
+                store.update(proxy, patch).await.map(|_| ())
+            }
+            None => Ok(()),
+        },
+    };
+    result.map_err(|e| e.to_string())
+}

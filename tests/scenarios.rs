@@ -1,0 +1,192 @@
+//! Scenarios played through the store: a runner test on paused time, and the `/scenarios` API
+//! on real time (start, status, stop with revert, bad input).
+
+mod support;
+
+use std::time::Duration;
+
+use fallacy::proxy::{Protocol, Settings};
+use fallacy::scenario::{Scenario, runner};
+use fallacy::state::{NewProxy, Store};
+use serde_json::json;
+use support::Fallacy;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+fn new_proxy(name: &str) -> NewProxy {
+    NewProxy {
+        name: name.into(),
+        listen: "127.0.0.1:0".into(),
+        upstream: "127.0.0.1:9".into(),
+        enabled: true,
+        protocol: Protocol::Tcp,
+        fault_header: true,
+        rewrite_host: None,
+        measure: Default::default(),
+        labels: None,
+        upstreams: None,
+    }
+}
+
+async fn toxic_names(store: &Store, proxy: &str) -> Vec<String> {
+    store
+        .toxics(proxy)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+/// On paused time: each change lands at its instant, the phase follows, and the cycle's end
+/// undoes what was left (here a disabled proxy and a switched upstream).
+#[tokio::test(start_paused = true)]
+async fn the_runner_applies_each_change_at_its_time_and_undoes_the_rest() {
+    let stop = CancellationToken::new();
+    let store = Store::new(
+        Settings::default(),
+        stop.clone(),
+        stop.clone(),
+        TaskTracker::new(),
+    );
+    store.create(new_proxy("db")).await.unwrap();
+    store.create(new_proxy("cache")).await.unwrap();
+    let scenario = Scenario::from_toml(
+        r#"
+name = "brownout"
+duration = "60s"
+[[step]]
+at = "10s"
+name = "slow"
+add = { proxy = "db", name = "slow", type = "latency", attributes = { latency = 100 } }
+[[step]]
+at = "20s"
+update = { proxy = "db", toxic = "slow", attributes = { latency = 500 } }
+disable = "cache"
+upstream = { proxy = "db", upstream = "127.0.0.1:7" }
+[[step]]
+at = "30s"
+name = "recovered"
+remove = { proxy = "db", toxic = "slow" }
+"#,
+    )
+    .unwrap();
+    runner::check(&store, &scenario).await.unwrap();
+    let running = runner::start(store.clone(), scenario);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(toxic_names(&store, "db").await.is_empty());
+    assert_eq!(running.to_json()["next"]["at_ms"], 10_000);
+    tokio::time::sleep(Duration::from_secs(10)).await; // 15 s
+    assert_eq!(toxic_names(&store, "db").await, ["slow"]);
+    assert_eq!(running.to_json()["phase"], "slow");
+    tokio::time::sleep(Duration::from_secs(10)).await; // 25 s
+    let slow = store.toxic("db", "slow").await.unwrap();
+    assert_eq!(slow.kind.attributes()["latency"], 500);
+    assert!(!store.get("cache").await.unwrap().enabled);
+    assert_eq!(store.get("db").await.unwrap().upstream, "127.0.0.1:7");
+    tokio::time::sleep(Duration::from_secs(10)).await; // 35 s
+    assert!(toxic_names(&store, "db").await.is_empty());
+    assert_eq!(running.to_json()["phase"], "recovered");
+    tokio::time::sleep(Duration::from_secs(30)).await; // 65 s: the cycle is over
+    assert!(
+        store.get("cache").await.unwrap().enabled,
+        "undone at the end"
+    );
+    assert_eq!(store.get("db").await.unwrap().upstream, "127.0.0.1:9");
+    assert!(running.done());
+    assert_eq!(running.to_json()["errors"], json!([]));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_api_starts_shows_and_stops_a_scenario_and_stopping_reverts_it() {
+    let f = Fallacy::start().await;
+    let echo = support::Echo::start().await;
+    f.proxy("db", echo.addr).await;
+    let toml = r#"
+name = "blip"
+duration = "30s"
+[[step]]
+at = "0s"
+add = { proxy = "db", name = "slow", type = "latency", attributes = { latency = 50 } }
+[[step]]
+at = "20s"
+remove = { proxy = "db", toxic = "slow" }
+"#;
+    let (status, s) = f.call("POST", "/scenarios", Some(toml)).await;
+    assert_eq!(status, 201, "{s}");
+    assert_eq!(s["name"], "blip");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, toxics) = f.call("GET", "/proxies/db/toxics", None).await;
+        if toxics.as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first step never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, s) = f.call("GET", "/scenarios/blip", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (s["state"].as_str(), s["phase"].as_str()),
+        (Some("running"), Some("step 1"))
+    );
+    assert_eq!(s["next"]["change"], "remove db/slow");
+    let (status, err) = f.call("POST", "/scenarios", Some(toml)).await;
+    assert_eq!(status, 409, "{err}");
+    let (status, _) = f.call("DELETE", "/scenarios/blip", None).await;
+    assert_eq!(status, 204);
+    let (_, toxics) = f.call("GET", "/proxies/db/toxics", None).await;
+    assert_eq!(toxics, json!([]), "stopping reverts the cycle's changes");
+    let (status, _) = f.call("GET", "/scenarios/blip", None).await;
+    assert_eq!(status, 404);
+    let (_, list) = f.call("GET", "/scenarios", None).await;
+    assert_eq!(list, json!([]));
+}
+
+#[tokio::test]
+async fn bad_scenarios_are_refused_before_anything_is_applied() {
+    let f = Fallacy::start().await;
+    let echo = support::Echo::start().await;
+    f.proxy("db", echo.addr).await;
+    for (body, words) in [
+        (
+            json!({"name": "s", "duration": "10s", "step": [{"at": "1s", "add": {"proxy": "nope", "type": "latency"}}]}),
+            "step[0].proxy: no proxy named \"nope\"",
+        ),
+        (
+            json!({"name": "s", "duration": "10s", "step": [{"at": "1s", "remove": {"proxy": "db", "toxic": "ghost"}}]}),
+            "step[0].toxic: no toxic \"ghost\"",
+        ),
+        (
+            json!({"name": "s", "duration": "10s", "step": [{"at": "1s", "add": {"proxy": "db", "type": "warp"}}]}),
+            "step[0].add",
+        ),
+        (
+            json!({"name": "s", "duration": "10s", "step": [
+                {"at": "1s", "add": {"proxy": "db", "name": "a", "type": "latency"}},
+                {"at": "5s", "add": {"proxy": "db", "type": "http_abort"}}]}),
+            "step[1].add.type",
+        ),
+        (
+            json!({"name": "s", "duration": "10s", "step": [{"at": "5s", "heal": "x"}, {"at": "2s", "heal": "y"}]}),
+            "step[1].at",
+        ),
+    ] {
+        let (status, err) = f.call("POST", "/scenarios", Some(&body.to_string())).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert!(
+            err["error"].as_str().unwrap().contains(words),
+            "{body}: {err}"
+        );
+    }
+    let (_, toxics) = f.call("GET", "/proxies/db/toxics", None).await;
+    assert_eq!(toxics, json!([]), "nothing applied");
+    let (status, err) = f.call("POST", "/scenarios", Some("name = ")).await;
+    assert_eq!(status, 400, "{err}");
+    let (status, _) = f.call("DELETE", "/scenarios/none", None).await;
+    assert_eq!(status, 404);
+}
