@@ -47,6 +47,9 @@ pub const REQUEST_ATTEMPTS: &str = "fallacy_request_attempts";
 /// Attempts per logical request over the last minute.
 pub const RETRY_AMPLIFICATION: &str = "fallacy_retry_amplification";
 
+/// 1 for the phase a running scenario is in, 0 for the phases it has left.
+pub const SCENARIO_PHASE: &str = "fallacy_scenario_phase";
+
 /// Money spent moving bytes, at the proxy's `price_per_gb`.
 pub const TRANSPORT_COST_TOTAL: &str = "fallacy_transport_cost_total";
 
@@ -126,6 +129,11 @@ pub fn describe() {
         metrics::Unit::Count,
         "Attempts per logical request, counted when it closes (a success, or retry_window \
          without another attempt)."
+    );
+    describe_gauge!(
+        SCENARIO_PHASE,
+        "1 while a running scenario is in this phase, 0 once it has left it: join or annotate \
+         the other series with it to read them per phase."
     );
     describe_gauge!(
         RETRY_AMPLIFICATION,
@@ -343,6 +351,16 @@ pub(crate) fn render_own(text: &mut String, links: &[Arc<crate::proxy::Link>]) {
 pub(crate) fn toxic_applied(proxy: &str, toxic: &str) {
     counter!(TOXIC_APPLIED_TOTAL, "proxy" => proxy.to_owned(), "toxic" => toxic.to_owned())
         .increment(1);
+}
+
+/// A scenario moved from phase `from` (if any) to `to` (if any).
+pub(crate) fn scenario_phase(from: Option<&str>, to: Option<&str>) {
+    if let Some(from) = from {
+        gauge!(SCENARIO_PHASE, "phase" => from.to_owned()).set(0.0);
+    }
+    if let Some(to) = to {
+        gauge!(SCENARIO_PHASE, "phase" => to.to_owned()).set(1.0);
+    }
 }
 
 pub(crate) fn admin_request(outcome: &'static str) {

@@ -418,3 +418,24 @@ async fn tcp_requests_show_their_latency_and_injected_delay() {
     )
     .await;
 }
+
+/// A running scenario's phase is a gauge with a `phase` label: 1 in it, 0 once left.
+#[tokio::test]
+async fn scenario_phases_show_as_a_gauge() {
+    let f = Running::start().await;
+    let echo = Echo::start().await;
+    f.proxy("phased", echo.addr).await;
+    let body = json!({"name": "phases", "duration": "5s", "step": [
+        {"at": "0s", "name": "brownout", "add": {"proxy": "phased", "name": "n", "type": "noop"}},
+        {"at": "300ms", "name": "calm", "remove": {"proxy": "phased", "toxic": "n"}},
+    ]});
+    f.post("/scenarios", body).await;
+    f.expect(r#"fallacy_scenario_phase{phase="brownout"}"#, 1.0)
+        .await;
+    f.expect(r#"fallacy_scenario_phase{phase="calm"}"#, 1.0)
+        .await;
+    f.expect(r#"fallacy_scenario_phase{phase="brownout"}"#, 0.0)
+        .await;
+    let text = f.scrape().await;
+    assert_described(&text, &["fallacy_scenario_phase"]);
+}

@@ -204,7 +204,8 @@ async fn play(
             model.apply(&change.action);
             let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
             s.applied += 1;
-            if change.phase != "end" {
+            if change.phase != "end" && s.phase.as_deref() != Some(&change.phase) {
+                crate::metrics::scenario_phase(s.phase.as_deref(), Some(&change.phase));
                 s.phase = Some(change.phase.clone());
             }
             if let Err(e) = result {
@@ -227,6 +228,7 @@ async fn play(
         }
     }
     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+    crate::metrics::scenario_phase(s.phase.as_deref(), None);
     s.done = true;
     s.next = None;
     info!(scenario = %scenario.name, "scenario over");
