@@ -116,6 +116,7 @@ remove = { proxy = "db", toxic = "slow" }
     let (status, s) = f.call("POST", "/scenarios", Some(toml)).await;
     assert_eq!(status, 201, "{s}");
     assert_eq!(s["name"], "blip");
+    assert_eq!(s["next"]["change"], "add db/slow");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let (_, toxics) = f.call("GET", "/proxies/db/toxics", None).await;

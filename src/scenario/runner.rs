@@ -155,7 +155,12 @@ pub async fn check(store: &Store, scenario: &Scenario) -> Result<(), AttrError> 
 
 /// Starts playing a checked scenario.
 pub fn start(store: Store, scenario: Scenario) -> Running {
-    let status = Arc::new(Mutex::new(Status::default()));
+    // The answer to POST shows the first change even before the task has run.
+    let first = scenario.plan_cycle(0).into_iter().next();
+    let status = Arc::new(Mutex::new(Status {
+        next: first.map(|c| (c.at, describe(&c.action))),
+        ..Status::default()
+    }));
     let stop = CancellationToken::new();
     let started = Instant::now();
     let task = {
