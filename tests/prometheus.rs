@@ -13,11 +13,27 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-/// Kills the process on drop: every server this test starts stops with it.
-struct Guard(Child);
+/// Stops the process on drop: every server this test starts stops with it. With `term`,
+/// SIGTERM first, so that `timeout` (which wraps Prometheus, as a bound should this process
+/// die) passes it on to its child; SIGKILL otherwise, or if it lingers.
+struct Guard(Child, bool);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if !self.1 {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -112,7 +128,7 @@ fn fallacy() -> (Guard, SocketAddr) {
         .unwrap()
         .parse()
         .unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    (Guard(child), addr)
+    (Guard(child, false), addr)
 }
 
 /// Asks Prometheus for one instant value, polling (bounded) until it equals `want`.
@@ -196,6 +212,7 @@ async fn prometheus_scrapes_exact_false_timeouts_and_retries() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
+        true,
     );
 
     // The workload. Five impatient GETs, each on its own path (so none is another's retry):
