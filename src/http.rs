@@ -342,12 +342,7 @@ impl Conn {
         hash: Option<Arc<BodyHashCell>>,
     ) -> (Response<ResBody>, UpstreamResult) {
         // One upstream per request, by the proxy's policy (HTTP retries are the client's call).
-        let upstream = self
-            .link
-            .candidates()
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| self.link.upstream());
+        let upstream = self.link.pick();
         // fallacy's own answers (501, 502) stand for an upstream that failed at once.
         let failed = |r| {
             (

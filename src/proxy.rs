@@ -340,6 +340,18 @@ impl Link {
         good.into_iter().map(|a| Arc::new(a.clone())).collect()
     }
 
+    /// The one upstream a request goes to (HTTP): the first candidate. Without a set of
+    /// upstreams it is the upstream itself, with no list built per request.
+    pub fn pick(&self) -> Arc<String> {
+        if self.pool.load().is_none() {
+            return self.upstream();
+        }
+        self.candidates()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| self.upstream())
+    }
+
     /// Records a dial's result for an upstream's health (a proxy with several upstreams).
     pub fn dialled(&self, upstream: &str, ok: bool) {
         if self.pool.load().is_none() {
