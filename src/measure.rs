@@ -179,22 +179,7 @@ impl MeasurePatch {
 }
 
 fn duration(value: &Value, max: Duration) -> Result<Duration, String> {
-    let d = match value {
-        Value::String(s) => crate::units::parse_duration(s)?,
-        Value::Number(n) => match n.as_u64() {
-            Some(ms) => Duration::from_millis(ms),
-            None => {
-                return Err(format!(
-                    "{n} is not a whole, non-negative number of milliseconds"
-                ));
-            }
-        },
-        other => {
-            return Err(format!(
-                "{other} is not a duration: write \"30s\" or a number of milliseconds"
-            ));
-        }
-    };
+    let d = crate::units::duration_value(value)?;
     if d > max {
         return Err(format!(
             "{} is too long: at most {}",

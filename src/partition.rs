@@ -245,33 +245,16 @@ impl Partition {
         }
         let duration = match map.get("duration").or_else(|| map.get("ttl")) {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => {
+            Some(v) => {
                 let d =
-                    crate::units::parse_duration(s).map_err(|m| AttrError::new("duration", &m))?;
+                    crate::units::duration_value(v).map_err(|m| AttrError::new("duration", &m))?;
                 if d.is_zero() {
                     return Err(AttrError::new(
                         "duration",
-                        "must be more than 0; leave it out to keep the partition until DELETE",
+                        "must be positive (more than 0); leave it out to keep the partition until DELETE",
                     ));
                 }
                 Some(d)
-            }
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(ms) if ms > 0 => Some(Duration::from_millis(ms)),
-                _ => {
-                    return Err(AttrError::new(
-                        "duration",
-                        &format!(
-                            "must be a positive number of milliseconds or a duration such as \"30s\", got {n}"
-                        ),
-                    ));
-                }
-            },
-            Some(other) => {
-                return Err(AttrError::new(
-                    "duration",
-                    &format!("must be a duration such as \"30s\", got {other}"),
-                ));
             }
         };
         let whole = a

@@ -56,6 +56,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(nanos as u64))
 }
 
+/// Reads a duration from a JSON (or converted TOML) value: a string with a unit, or a
+/// non-negative whole number of milliseconds, as our extension fields take them.
+pub fn duration_value(value: &serde_json::Value) -> Result<Duration, String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => parse_duration(s),
+        Value::Number(n) => n.as_u64().map(Duration::from_millis).ok_or_else(|| {
+            format!(
+                "{n} is not a positive whole number of milliseconds: give a non-negative integer, \
+                 or a string such as \"30s\""
+            )
+        }),
+        other => Err(format!(
+            "must be a duration such as \"30s\" or a whole number of milliseconds; {other} is \
+             not a duration"
+        )),
+    }
+}
+
 /// The longest duration anything in fallacy accepts: ten years, far beyond any test, and far
 /// from the overflow of `Instant + Duration`.
 pub const MAX_DURATION_NANOS: u128 = 10 * 365 * 24 * 3600 * 1_000_000_000;

@@ -121,21 +121,7 @@ const MAX_OWNER: usize = 200;
 
 /// Reads a `ttl`: a duration string or an integer of milliseconds, above 0.
 fn parse_ttl(value: &Value) -> Result<Duration, AttrError> {
-    let d = match value {
-        Value::String(s) => parse_duration(s).map_err(|m| AttrError::new("ttl", &m))?,
-        Value::Number(n) => Duration::from_millis(n.as_u64().ok_or_else(|| {
-            AttrError::new(
-                "ttl",
-                &format!("{n} is not a positive whole number of milliseconds"),
-            )
-        })?),
-        other => {
-            return Err(AttrError::new(
-                "ttl",
-                &format!("must be a duration such as \"30s\", got {other}"),
-            ));
-        }
-    };
+    let d = crate::units::duration_value(value).map_err(|m| AttrError::new("ttl", &m))?;
     if d.is_zero() {
         return Err(AttrError::new(
             "ttl",
