@@ -15,7 +15,7 @@
 //! | DELETE | `/proxies/{p}/toxics/{t}` | 204 |
 //! | POST | `/reset` | 204 (heals partitions too) |
 //! | GET, POST | `/scenarios` | 200 array; 201 scenario (JSON or TOML body); 400, 409 |
-//! | GET, DELETE | `/scenarios/{name}` | 200; 204 (stops and reverts); 404 |
+//! | GET, DELETE | `/scenarios/{name}` | 200 with figures per phase (`?series=true`: and over time); 200 (stops, reverts, answers the final figures); 404 |
 //! | GET | `/audit?limit=N` | 200, the last N changes (default 100, at most 1000) |
 //! | GET, POST | `/partitions` | 200 array; 201 partition; 400, 409 |
 //! | GET, DELETE | `/partitions/{name}` | 200; 204 (heals); 404 |

@@ -11,6 +11,7 @@
 //! folding the plan over it gives what applying the steps one by one gives, and that a cycle
 //! ends where it started.
 
+pub mod record;
 pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet};

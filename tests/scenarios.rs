@@ -72,13 +72,13 @@ remove = { proxy = "db", toxic = "slow" }
     )
     .unwrap();
     runner::check(&store, &scenario).await.unwrap();
-    let running = runner::start(store.clone(), scenario);
+    let running = runner::start(store.clone(), scenario).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(toxic_names(&store, "db").await.is_empty());
-    assert_eq!(running.to_json()["next"]["at_ms"], 10_000);
+    assert_eq!(running.to_json(true, false)["next"]["at_ms"], 10_000);
     tokio::time::sleep(Duration::from_secs(10)).await; // 15 s
     assert_eq!(toxic_names(&store, "db").await, ["slow"]);
-    assert_eq!(running.to_json()["phase"], "slow");
+    assert_eq!(running.to_json(true, false)["phase"], "slow");
     tokio::time::sleep(Duration::from_secs(10)).await; // 25 s
     let slow = store.toxic("db", "slow").await.unwrap();
     assert_eq!(slow.kind.attributes()["latency"], 500);
@@ -86,7 +86,7 @@ remove = { proxy = "db", toxic = "slow" }
     assert_eq!(store.get("db").await.unwrap().upstream, "127.0.0.1:7");
     tokio::time::sleep(Duration::from_secs(10)).await; // 35 s
     assert!(toxic_names(&store, "db").await.is_empty());
-    assert_eq!(running.to_json()["phase"], "recovered");
+    assert_eq!(running.to_json(true, false)["phase"], "recovered");
     tokio::time::sleep(Duration::from_secs(30)).await; // 65 s: the cycle is over
     assert!(
         store.get("cache").await.unwrap().enabled,
@@ -94,7 +94,45 @@ remove = { proxy = "db", toxic = "slow" }
     );
     assert_eq!(store.get("db").await.unwrap().upstream, "127.0.0.1:9");
     assert!(running.done());
-    assert_eq!(running.to_json()["errors"], json!([]));
+    assert_eq!(running.to_json(true, false)["errors"], json!([]));
+    // Each phase runs from its step to the next, the last to the cycle's end; the series
+    // is sampled every 300 ms (60 s / 200).
+    let report = running.to_json(true, true);
+    let phases: Vec<_> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["phase"].as_str().unwrap().to_owned(),
+                p["start_ms"].as_u64().unwrap(),
+                p["end_ms"].as_u64().unwrap(),
+                p["open"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            ("baseline".into(), 0, 10_000, false),
+            ("slow".into(), 10_000, 20_000, false),
+            ("step 2".into(), 20_000, 30_000, false),
+            ("recovered".into(), 30_000, 60_000, false),
+        ]
+    );
+    assert_eq!(report["sample_every_ms"], 300);
+    let series = report["series"].as_array().unwrap();
+    assert_eq!(series.len(), 200, "one sample per 300 ms over 60 s");
+    assert_eq!(series[40]["phase"], "slow");
+    assert_eq!(report["state"], "done");
+    let changes: Vec<_> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["at_ms"].as_u64().unwrap(), c["change"].as_str().unwrap()))
+        .collect();
+    assert_eq!(changes[0], (10_000, "add db/slow"));
+    assert_eq!(changes.last().unwrap().0, 60_000, "the undoing at the end");
     stop.cancel();
 }
 
@@ -138,8 +176,12 @@ remove = { proxy = "db", toxic = "slow" }
     assert_eq!(s["next"]["change"], "remove db/slow");
     let (status, err) = f.call("POST", "/scenarios", Some(toml)).await;
     assert_eq!(status, 409, "{err}");
-    let (status, _) = f.call("DELETE", "/scenarios/blip", None).await;
-    assert_eq!(status, 204);
+    let (status, last) = f.call("DELETE", "/scenarios/blip", None).await;
+    assert_eq!(status, 200, "{last}");
+    assert_eq!(last["state"], "stopped");
+    let phases = last["phases"].as_array().unwrap();
+    assert_eq!(phases.last().unwrap()["phase"], "step 1");
+    assert_eq!(phases.last().unwrap()["open"], false);
     let (_, toxics) = f.call("GET", "/proxies/db/toxics", None).await;
     assert_eq!(toxics, json!([]), "stopping reverts the cycle's changes");
     let (status, _) = f.call("GET", "/scenarios/blip", None).await;

@@ -56,17 +56,20 @@ pub(super) async fn proxy_update(
     body: Bytes,
 ) -> Result<Json<ProxyOut>> {
     st.store.get(&proxy).await?;
-    let drain = match query.drain.as_deref() {
-        None | Some("false") => false,
-        Some("true") | Some("") => true,
-        Some(other) => {
-            return Err(Error::BadQuery(format!(
-                "drain must be true or false, got {other:?}"
-            )));
-        }
-    };
+    let drain = flag("drain", query.drain.as_deref())?;
     let patch = ProxyIn::from_value(parse_body(&body)?)?.into_patch(drain)?;
     Ok(Json(st.store.update(&proxy, patch).await?.into()))
+}
+
+/// A boolean query parameter: absent or `false`, `true` or bare.
+fn flag(name: &str, value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("false") => Ok(false),
+        Some("true") | Some("") => Ok(true),
+        Some(other) => Err(Error::BadQuery(format!(
+            "{name} must be true or false, got {other:?}"
+        ))),
+    }
 }
 
 pub(super) async fn proxy_delete(State(st): S, Path(proxy): Path<String>) -> Result<StatusCode> {
@@ -163,7 +166,10 @@ pub(super) async fn toxic_delete(
 pub(super) async fn scenario_index(State(st): S) -> Json<Value> {
     let scenarios = st.scenarios.lock().await;
     Json(Value::Array(
-        scenarios.values().map(|r| r.to_json()).collect(),
+        scenarios
+            .values()
+            .map(|r| r.to_json(false, false))
+            .collect(),
     ))
 }
 
@@ -192,27 +198,36 @@ pub(super) async fn scenario_create(
         )));
     }
     let name = scenario.name.clone();
-    let running = runner::start(st.store.clone(), scenario);
-    let out = running.to_json();
+    let running = runner::start(st.store.clone(), scenario).await;
+    let out = running.to_json(false, false);
     scenarios.insert(name, running);
     Ok((StatusCode::CREATED, Json(out)))
 }
 
-pub(super) async fn scenario_show(State(st): S, Path(name): Path<String>) -> Result<Json<Value>> {
+/// `?series=true` on a scenario: its time series too.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct ScenarioQuery {
+    series: Option<String>,
+}
+
+pub(super) async fn scenario_show(
+    State(st): S,
+    Path(name): Path<String>,
+    Query(query): Query<ScenarioQuery>,
+) -> Result<Json<Value>> {
+    let series = flag("series", query.series.as_deref())?;
     let scenarios = st.scenarios.lock().await;
     scenarios
         .get(&name)
-        .map(|r| Json(r.to_json()))
+        .map(|r| Json(r.to_json(true, series)))
         .ok_or_else(|| Error::NotFound(format!("scenario {name:?} not found")))
 }
 
-pub(super) async fn scenario_delete(State(st): S, Path(name): Path<String>) -> Result<StatusCode> {
+/// Stops a scenario (reverting what its cycle changed) and answers its final figures.
+pub(super) async fn scenario_delete(State(st): S, Path(name): Path<String>) -> Result<Json<Value>> {
     let running = st.scenarios.lock().await.remove(&name);
     match running {
-        Some(r) => {
-            r.stop().await;
-            Ok(StatusCode::NO_CONTENT)
-        }
+        Some(r) => Ok(Json(r.stop().await)),
         None => Err(Error::NotFound(format!("scenario {name:?} not found"))),
     }
 }

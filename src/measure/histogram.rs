@@ -161,6 +161,43 @@ impl Snapshot {
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.total);
     }
 
+    /// What was counted between `earlier` (a copy of the same histogram) and this copy: the
+    /// figures of one interval, such as a scenario's phase.
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .zip(earlier.counts.iter().chain(std::iter::repeat(&0)))
+            .map(|(now, then)| now.saturating_sub(*then))
+            .collect();
+        Snapshot {
+            total: counts.iter().sum(),
+            counts,
+            sum: self.sum.saturating_sub(earlier.sum),
+        }
+    }
+
+    /// Adds another histogram's counts, so that several proxies read as one.
+    pub fn merge(&mut self, other: &Snapshot) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.total += other.total;
+        self.sum += other.sum;
+    }
+
+    /// An empty copy, to merge into.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            counts: Vec::new(),
+            total: 0,
+            sum: Duration::ZERO,
+        }
+    }
+
     /// The `q` quantile (0..=1) by the nearest-rank method; `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
@@ -220,6 +257,20 @@ mod tests {
              x_seconds_sum{proxy=\"p\"} 5.05\n\
              x_seconds_count{proxy=\"p\"} 100\n"
         );
+        // An interval's figures are the difference of two copies; copies merge.
+        let before = h.snapshot();
+        for _ in 0..10 {
+            h.record(Duration::from_millis(500));
+        }
+        let interval = h.snapshot().since(&before);
+        assert_eq!(interval.total(), 10);
+        assert!(interval.quantile(0.01).unwrap() >= Duration::from_millis(500));
+        let mut both = Snapshot::empty();
+        both.merge(&interval);
+        both.merge(&before);
+        assert_eq!(both.total(), 110);
+        let p50 = both.quantile(0.5).unwrap();
+        assert!(p50 >= Duration::from_millis(55) && p50 < Duration::from_micros(55_900));
         h.clear();
         assert_eq!(h.snapshot().quantile(0.5), None);
         assert_eq!(h.snapshot().fraction_above(Duration::ZERO), None);

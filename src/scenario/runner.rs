@@ -11,12 +11,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::record::{self, Recorder};
 use super::{Action, Change, Model, Scenario};
 use crate::state::{ProxyPatch, Store};
 use crate::toxic::{AttrError, Envelope, ToxicPatch};
 
 /// What a running scenario shows.
-#[derive(Debug, Clone, Default)]
 pub struct Status {
     /// The phase in force (the last step applied), `None` before the first.
     pub phase: Option<String>,
@@ -30,6 +30,10 @@ pub struct Status {
     pub next: Option<(Duration, String)>,
     /// Over: played to its end, or stopped.
     pub done: bool,
+    /// Stopped before its end.
+    pub stopped: bool,
+    /// Its figures, phase by phase.
+    pub record: Recorder,
 }
 
 /// A scenario playing in the background.
@@ -37,42 +41,55 @@ pub struct Running {
     /// The scenario.
     pub scenario: Scenario,
     started: Instant,
+    every: Duration,
     status: Arc<Mutex<Status>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    /// The figures `GET /scenarios` shows.
-    pub fn to_json(&self) -> Value {
-        let s = self
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        json!({
+    /// The figures `GET /scenarios` shows; with `detail` (`GET /scenarios/{name}`), the
+    /// figures of every phase so far, and with `series` their time series too.
+    pub fn to_json(&self, detail: bool, series: bool) -> Value {
+        let s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = json!({
             "name": self.scenario.name,
             "duration": crate::units::format_duration(self.scenario.duration),
             "repeat": self.scenario.repeat,
-            "state": if s.done { "done" } else { "running" },
+            "state": match (s.done, s.stopped) {
+                (false, _) => "running",
+                (true, false) => "done",
+                (true, true) => "stopped",
+            },
             "phase": s.phase,
             "cycle": s.cycle,
             "elapsed_ms": self.started.elapsed().as_millis() as u64,
             "applied": s.applied,
             "errors": s.errors,
-            "next": s.next.map(|(at, what)| json!({"at_ms": at.as_millis() as u64, "change": what})),
-        })
+            "next": s.next.as_ref().map(|(at, what)| json!({"at_ms": at.as_millis() as u64, "change": what})),
+            "sample_every_ms": self.every.as_millis() as u64,
+            "latest": s.record.latest(),
+        });
+        if detail
+            && let (Value::Object(out), Value::Object(record)) =
+                (&mut out, s.record.to_json(series))
+        {
+            out.extend(record);
+        }
+        out
     }
 
-    /// Stops it and reverts what its current cycle changed; waits for both.
-    pub async fn stop(self) {
+    /// Stops it and reverts what its current cycle changed; waits for both, and answers its
+    /// final figures.
+    pub async fn stop(mut self) -> Value {
         self.stop.cancel();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+        self.to_json(true, true)
     }
 
     /// Whether it has played to its end.
     pub fn done(&self) -> bool {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).done
+        lock(&self.status).done
     }
 }
 
@@ -153,26 +170,56 @@ pub async fn check(store: &Store, scenario: &Scenario) -> Result<(), AttrError> 
     Ok(())
 }
 
-/// Starts playing a checked scenario.
-pub fn start(store: Store, scenario: Scenario) -> Running {
+/// Starts playing a checked scenario. It records every proxy there is now.
+pub async fn start(store: Store, scenario: Scenario) -> Running {
     // The answer to POST shows the first change even before the task has run.
     let first = scenario.plan_cycle(0).into_iter().next();
+    let started = Instant::now();
     let status = Arc::new(Mutex::new(Status {
+        phase: None,
+        cycle: 0,
+        applied: 0,
+        errors: Vec::new(),
         next: first.map(|c| (c.at, describe(&c.action))),
-        ..Status::default()
+        done: false,
+        stopped: false,
+        record: Recorder::new(store.links().await, started),
     }));
     let stop = CancellationToken::new();
-    let started = Instant::now();
+    let every = record::sample_every(scenario.duration, scenario.repeat);
     let task = {
         let (status, stop, scenario) = (status.clone(), stop.clone(), scenario.clone());
-        tokio::spawn(async move { play(store, scenario, started, status, stop).await })
+        tokio::spawn(async move { play(store, scenario, started, status, stop, every).await })
     };
     Running {
         scenario,
         started,
+        every,
         status,
         stop,
         task,
+    }
+}
+
+fn lock(status: &Mutex<Status>) -> std::sync::MutexGuard<'_, Status> {
+    status.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sleeps until `deadline`, sampling the figures on the way. False when stopped first.
+async fn wait_until(
+    deadline: Instant,
+    stop: &CancellationToken,
+    status: &Mutex<Status>,
+    every: Duration,
+) -> bool {
+    loop {
+        let tick = lock(status).record.next_sample(every);
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep_until(deadline), if deadline <= tick => return true,
+            _ = tokio::time::sleep_until(tick) => lock(status).record.sample(Instant::now()),
+        }
     }
 }
 
@@ -182,61 +229,73 @@ async fn play(
     started: Instant,
     status: Arc<Mutex<Status>>,
     stop: CancellationToken,
+    every: Duration,
 ) {
     let mut originals: BTreeMap<String, String> = BTreeMap::new();
     let mut cycle = 0u32;
     info!(scenario = %scenario.name, "scenario started");
-    'cycles: loop {
+    let stopped = 'cycles: loop {
         let plan: Vec<Change> = scenario.plan_cycle(cycle);
         let mut model = Model::default();
         for (i, change) in plan.iter().enumerate() {
             {
-                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = lock(&status);
                 s.cycle = cycle;
                 s.next = Some((change.at, describe(&change.action)));
             }
-            tokio::select! {
-                _ = stop.cancelled() => {
-                    // Undo what this cycle has done so far.
-                    for action in model.undo() {
-                        apply(&store, &action, &mut originals).await.ok();
-                    }
-                    break 'cycles;
+            if !wait_until(started + change.at, &stop, &status, every).await {
+                // Undo what this cycle has done so far.
+                for action in model.undo() {
+                    apply(&store, &action, &mut originals).await.ok();
                 }
-                _ = tokio::time::sleep_until(started + change.at) => {}
+                break 'cycles true;
+            }
+            let opens = change.phase != "end"
+                && lock(&status).record.phase() != Some((cycle, change.phase.as_str()));
+            if opens {
+                // The boundary comes before the change, so the change's effect is all inside.
+                lock(&status)
+                    .record
+                    .enter(cycle, &change.phase, Instant::now());
             }
             let result = apply(&store, &change.action, &mut originals).await;
             model.apply(&change.action);
-            let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = lock(&status);
             s.applied += 1;
+            let what = describe(&change.action);
+            s.record.change(Instant::now(), &change.phase, &what);
             if change.phase != "end" && s.phase.as_deref() != Some(&change.phase) {
                 crate::metrics::scenario_phase(s.phase.as_deref(), Some(&change.phase));
                 s.phase = Some(change.phase.clone());
             }
             if let Err(e) = result {
-                warn!(scenario = %scenario.name, change = %describe(&change.action), %e, "scenario change refused");
-                s.errors.push(format!("{}: {e}", describe(&change.action)));
+                warn!(scenario = %scenario.name, change = %what, %e, "scenario change refused");
+                s.errors.push(format!("{what}: {e}"));
             }
             if i + 1 == plan.len() {
                 s.next = None;
             }
         }
         cycle += 1;
-        if scenario.repeat != 0 && cycle >= scenario.repeat {
-            // Wait out the end of the last cycle, so `done` means the timeline is over.
-            let end = started + scenario.duration * cycle;
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = tokio::time::sleep_until(end) => {}
-            }
-            break;
+        // Wait out the cycle, so that its last phase lasts until its end and `done` means
+        // the timeline is over.
+        if !wait_until(started + scenario.duration * cycle, &stop, &status, every).await {
+            break true;
         }
-    }
-    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+        if scenario.repeat != 0 && cycle >= scenario.repeat {
+            break false;
+        }
+        lock(&status)
+            .record
+            .enter(cycle, "baseline", Instant::now());
+    };
+    let mut s = lock(&status);
+    s.record.finish(Instant::now());
     crate::metrics::scenario_phase(s.phase.as_deref(), None);
     s.done = true;
+    s.stopped = stopped;
     s.next = None;
-    info!(scenario = %scenario.name, "scenario over");
+    info!(scenario = %scenario.name, stopped, "scenario over");
 }
 
 /// Applies one change through the store.
