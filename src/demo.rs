@@ -118,7 +118,7 @@ pub struct Report {
 pub async fn run(options: Options) -> anyhow::Result<Report> {
     let stop = CancellationToken::new();
     let _stop_on_exit = stop.clone().drop_guard();
-    let upstream = upstream(stop.clone()).await?;
+    let upstream = upstream(stop.clone(), Bytes::from_static(b"ok")).await?;
     let server = fallacy(upstream, &options, stop.clone()).await?;
     let bar = progress(&options);
     let mut runs = Vec::new();
@@ -183,13 +183,16 @@ fn progress(options: &Options) -> ProgressBar {
     bar
 }
 
-/// An upstream that answers every request at once.
-async fn upstream(stop: CancellationToken) -> anyhow::Result<SocketAddr> {
+/// An upstream that answers every request at once with `body`.
+pub(crate) async fn upstream(stop: CancellationToken, body: Bytes) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot bind the demo upstream on 127.0.0.1")?;
     let addr = listener.local_addr()?;
-    let app = axum::Router::new().fallback(|| async { "ok" });
+    let app = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move { body }
+    });
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -227,9 +230,15 @@ attributes = {{ distribution = "lognormal", p50 = "{P50}", p99 = "{P99}" }}
         proxy("demo_no_retry"),
         proxy("demo_retry")
     );
-    let config = config::parse(&text, false).map_err(|d| {
+    start_embedded(&text, stop).await
+}
+
+/// A fallacy server in this process, from a config the program wrote itself, with its admin
+/// API on 127.0.0.1:0.
+pub(crate) async fn start_embedded(text: &str, stop: CancellationToken) -> anyhow::Result<Server> {
+    let config = config::parse(text, false).map_err(|d| {
         anyhow::anyhow!(
-            "the demo's own config is invalid: {}",
+            "the built-in config is invalid: {}",
             d.iter()
                 .map(|d| format!("{}: {}", d.field, d.message))
                 .collect::<Vec<_>>()
@@ -238,7 +247,7 @@ attributes = {{ distribution = "lognormal", p50 = "{P50}", p99 = "{P99}" }}
     })?;
     let admin = TcpListener::bind("127.0.0.1:0")
         .await
-        .context("cannot bind the demo's admin API on 127.0.0.1")?;
+        .context("cannot bind an admin API on 127.0.0.1")?;
     Ok(Server::start(admin, config, None, stop).await?)
 }
 
@@ -280,24 +289,16 @@ async fn drive(
                 let tries = if retries_on { 1 + options.retries } else { 1 };
                 for attempt in 0..tries {
                     if attempt > 0 {
-                        // Full jitter on an exponential base of 10 ms.
-                        let cap = 10u64 << (attempt - 1);
-                        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=cap))).await;
+                        backoff(attempt, &mut rng).await;
                     }
                     counts[0].fetch_add(1, Ordering::Relaxed);
-                    let call = async {
-                        let response = client.get(uri.clone()).await.ok()?;
-                        let ok = response.status().is_success();
-                        response.into_body().collect().await.ok()?;
-                        Some(ok)
-                    };
-                    match tokio::time::timeout(options.timeout, call).await {
-                        Ok(Some(true)) => {
+                    match try_once(&client, &uri, None, options.timeout).await {
+                        Attempt::Ok => {
                             counts[1].fetch_add(1, Ordering::Relaxed);
                             break;
                         }
-                        Ok(_) => {}
-                        Err(_) => {
+                        Attempt::Failed => {}
+                        Attempt::TimedOut => {
                             counts[2].fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -336,6 +337,51 @@ async fn drive(
         amplification: counts_now.amplification,
         took,
     }
+}
+
+/// How one attempt of a client with a timeout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// A 2xx, body read.
+    Ok,
+    /// Another status, or a connection error.
+    Failed,
+    /// The client gave up.
+    TimedOut,
+}
+
+/// One GET with a timeout over the whole exchange, body included, as a client library does;
+/// with `key`, an `Idempotency-Key` header that its retries repeat.
+pub(crate) async fn try_once(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    uri: &hyper::Uri,
+    key: Option<&str>,
+    timeout: Duration,
+) -> Attempt {
+    let mut request = http::Request::get(uri.clone());
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let Ok(request) = request.body(Empty::new()) else {
+        return Attempt::Failed;
+    };
+    let call = async {
+        let response = client.request(request).await.ok()?;
+        let ok = response.status().is_success();
+        response.into_body().collect().await.ok()?;
+        Some(ok)
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Some(true)) => Attempt::Ok,
+        Ok(_) => Attempt::Failed,
+        Err(_) => Attempt::TimedOut,
+    }
+}
+
+/// Waits before retry number `attempt` (from 1): full jitter on an exponential base of 10 ms.
+pub(crate) async fn backoff(attempt: u32, rng: &mut SmallRng) {
+    let cap = 10u64 << (attempt - 1).min(10);
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..=cap))).await;
 }
 
 fn pct(f: f64) -> String {

@@ -12,7 +12,7 @@
 //! | [`admin`] | the HTTP admin API (axum) |
 //! | [`demo`] | `fallacy demo`: the timeout false-positive lesson, self-contained |
 //! | [`measure`] | what clients did: abandonment, false timeouts, retries, timeout advice |
-//! | [`scenario`] | scenarios: the format, its checks and the planner (the runner comes next) |
+//! | [`scenario`] | scenarios: the format, the planner, the runner and what it records, `scenario run` and its report |
 //! | [`partition`] | named cuts between groups of nodes: shapes, validation, each proxy's cut |
 //! | [`metrics`] | metric names, help texts, data-path helpers |
 //! | [`shutdown`] | OS signals |
@@ -76,11 +76,16 @@ pub enum RunError {
         /// Why.
         source: state::Error,
     },
+    /// The admin listener has no address.
+    #[error("admin API listener: {0}")]
+    Admin(std::io::Error),
 }
 
 /// A running server: its store, and the token that shuts it down.
 #[derive(Clone)]
 pub struct Server {
+    /// Where the admin API listens.
+    pub admin: std::net::SocketAddr,
     /// The store behind the admin API.
     pub store: Store,
     /// Cancel to shut down (what SIGTERM and `POST /shutdown` do).
@@ -101,6 +106,7 @@ impl Server {
         prometheus: Option<PrometheusHandle>,
         shutdown: CancellationToken,
     ) -> Result<Server, RunError> {
+        let admin_addr = admin.local_addr().map_err(RunError::Admin)?;
         let tracker = TaskTracker::new();
         let accept_root = CancellationToken::new();
         let conn_root = CancellationToken::new();
@@ -147,6 +153,7 @@ impl Server {
         let server = Server {
             store,
             shutdown,
+            admin: admin_addr,
             grace: config.shutdown_grace,
             tracker,
             accept_root,

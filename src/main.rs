@@ -59,17 +59,87 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Fault timelines: play one with load and write a report, or check one.
+    Scenario {
+        #[command(subcommand)]
+        action: ScenarioCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScenarioCommand {
+    /// Play a scenario with load and write report.md, report.json and SVG charts.
+    ///
+    /// Without --target or --config it plays against the lab: an embedded upstream behind an
+    /// HTTP proxy named "api", loaded by a built-in client (the examples in config/scenarios/
+    /// act on it). With `-- CMD ...`, CMD is the load: it runs during the scenario, its output
+    /// goes to OUT/command.log, and it finds the proxies in FALLACY_PROXY_<NAME> (host:port)
+    /// and the admin API in FALLACY_ADMIN. The run ends when the timeline or CMD ends.
+    Run {
+        /// The scenario, TOML or JSON.
+        file: PathBuf,
+        /// A running fallacy's admin API (host:port or http:// URL).
+        #[arg(long, value_name = "URL", conflicts_with = "config")]
+        target: Option<String>,
+        /// Start an embedded server from this config instead of the lab.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where the report goes.
+        #[arg(long, value_name = "DIR", default_value = "fallacy-report")]
+        out: PathBuf,
+        /// The built-in client's logical requests per second.
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        rate: u32,
+        /// The built-in client's timeout per attempt.
+        #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_timeout)]
+        client_timeout: std::time::Duration,
+        /// The built-in client's retries after a failure or timeout.
+        #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+        retries: u32,
+        /// Seed the embedded server's random draws.
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
+        /// The load command and its arguments, after `--`.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Redraw report.md and the charts from a saved report.json.
+    Report {
+        /// The report.json a run wrote.
+        file: PathBuf,
+        /// Where the redrawn report goes [default: beside FILE].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Check a scenario file, and its changes against the lab or a config, without playing it.
+    Check {
+        /// The scenario, TOML or JSON.
+        file: PathBuf,
+        /// Check against the proxies of this config instead of the lab's.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match fallacy::units::parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints tables; the proxies it starts need not announce themselves.
-    init_tracing(if matches!(cli.command, Command::Demo { .. }) {
-        "warn"
-    } else {
-        "info"
-    });
+    init_tracing(
+        if matches!(cli.command, Command::Demo { .. } | Command::Scenario { .. }) {
+            "warn"
+        } else {
+            "info"
+        },
+    );
     match cli.command {
+        Command::Scenario { action } => scenario(action),
         Command::Check { file } => check(&file),
         Command::Demo {
             json,
@@ -151,6 +221,96 @@ fn demo(json: bool, requests: u32, seed: u64) -> ExitCode {
         Err(err) => {
             eprintln!("fallacy demo: {err:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn scenario(action: ScenarioCommand) -> ExitCode {
+    use fallacy::scenario::play::{self, Failure};
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("fallacy scenario: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let failed = |f: Failure| match f {
+        Failure::Input(e) => {
+            eprintln!("fallacy scenario: {e:#}");
+            ExitCode::from(2)
+        }
+        Failure::Runtime(e) => {
+            eprintln!("fallacy scenario: {e:#}");
+            ExitCode::from(1)
+        }
+    };
+    match action {
+        ScenarioCommand::Report { file, out } => {
+            let out = out.unwrap_or_else(|| {
+                file.parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."))
+            });
+            match play::redraw(&file, &out) {
+                Ok(files) => {
+                    for f in &files {
+                        println!("wrote {}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(f) => failed(f),
+            }
+        }
+        ScenarioCommand::Check { file, config } => {
+            match runtime.block_on(play::check(&file, config.as_deref())) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(f) => failed(f),
+            }
+        }
+        ScenarioCommand::Run {
+            file,
+            target,
+            config,
+            out,
+            rate,
+            client_timeout,
+            retries,
+            seed,
+            command,
+        } => {
+            let options = play::RunOptions {
+                file,
+                target,
+                config,
+                out,
+                command,
+                load: fallacy::scenario::lab::Load {
+                    rate,
+                    timeout: client_timeout,
+                    retries,
+                    seed: seed.unwrap_or(42),
+                },
+                seed,
+                progress: true,
+            };
+            match runtime.block_on(play::run(options)) {
+                Ok(outcome) => {
+                    println!("{}", outcome.summary);
+                    for f in &outcome.files {
+                        println!("wrote {}", f.display());
+                    }
+                    if outcome.command_failed {
+                        eprintln!("fallacy scenario: the load command failed; see command.log");
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(f) => failed(f),
+            }
         }
     }
 }

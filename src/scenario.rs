@@ -11,7 +11,10 @@
 //! folding the plan over it gives what applying the steps one by one gives, and that a cycle
 //! ends where it started.
 
+pub mod lab;
+pub mod play;
 pub mod record;
+pub mod report;
 pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -152,9 +155,23 @@ fn duration(v: &Value, path: &str) -> Result<Duration, AttrError> {
 impl Scenario {
     /// Reads a TOML scenario; errors name the field (`step[2].at`).
     pub fn from_toml(text: &str) -> Result<Scenario, AttrError> {
-        let value: toml::Value = toml::from_str(text).map_err(|e| err("scenario", e.message()))?;
-        let json = serde_json::to_value(value).map_err(|e| err("scenario", e.to_string()))?;
-        Scenario::from_json(&json)
+        Scenario::from_json(&toml_to_json(text)?)
+    }
+
+    /// Reads a file's text: JSON when it starts with `{`, TOML otherwise. Also answers the
+    /// JSON shape, to post to `/scenarios`.
+    pub fn from_text(text: &str) -> Result<(Scenario, Value), AttrError> {
+        let json = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| {
+                err(
+                    format!("scenario (line {}, column {})", e.line(), e.column()),
+                    format!("not valid JSON: {e}"),
+                )
+            })?
+        } else {
+            toml_to_json(text)?
+        };
+        Ok((Scenario::from_json(&json)?, json))
     }
 
     /// Reads the JSON shape (`POST /scenarios`, or TOML converted).
@@ -277,6 +294,23 @@ impl Scenario {
     }
 }
 
+/// TOML text as the JSON shape; a syntax error names its line and column.
+fn toml_to_json(text: &str) -> Result<Value, AttrError> {
+    let value: toml::Value = toml::from_str(text).map_err(|e| {
+        let place = e.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" (line {line}, column {column})")
+        });
+        err(
+            format!("scenario{}", place.unwrap_or_default()),
+            e.message(),
+        )
+    })?;
+    serde_json::to_value(value).map_err(|e| err("scenario", e.to_string()))
+}
+
 fn parse_step(raw: &Value, path: &str, index: usize) -> Result<Step, AttrError> {
     let map = object(raw, path)?;
     let at = duration(
@@ -300,82 +334,23 @@ fn parse_step(raw: &Value, path: &str, index: usize) -> Result<Step, AttrError> 
     };
     let mut actions = Vec::new();
     for (key, value) in map {
-        let at = format!("{path}.{key}");
-        match key.as_str() {
-            "at" | "name" => {}
-            "add" => {
-                let t = object(value, &at)?;
-                let proxy = string(t, "proxy", &at)?;
-                let kind = string(t, "type", &at)?;
-                let stream = t
-                    .get("stream")
-                    .and_then(Value::as_str)
-                    .unwrap_or("downstream")
-                    .to_owned();
-                let name = match t.get("name") {
-                    Some(Value::String(n)) if !n.is_empty() => n.clone(),
-                    _ => format!("{kind}_{stream}"),
-                };
-                let mut toxic = t.clone();
-                toxic.remove("proxy");
-                toxic.insert("name".into(), Value::String(name.clone()));
-                actions.push(Action::AddToxic {
-                    proxy,
-                    name,
-                    toxic: Value::Object(toxic),
-                });
+        if matches!(key.as_str(), "at" | "name") {
+            continue;
+        }
+        // A list makes several changes of one kind: `remove = [{...}, {...}]`.
+        match value {
+            Value::Array(items) if !items.is_empty() => {
+                for (j, item) in items.iter().enumerate() {
+                    actions.push(parse_action(key, item, &format!("{path}.{key}[{j}]"))?);
+                }
             }
-            "update" => {
-                let t = object(value, &at)?;
-                let (proxy, name) = (string(t, "proxy", &at)?, string(t, "toxic", &at)?);
-                let mut patch = t.clone();
-                patch.remove("proxy");
-                patch.remove("toxic");
-                actions.push(Action::UpdateToxic {
-                    proxy,
-                    name,
-                    patch: Value::Object(patch),
-                });
-            }
-            "remove" => {
-                let t = object(value, &at)?;
-                actions.push(Action::RemoveToxic {
-                    proxy: string(t, "proxy", &at)?,
-                    name: string(t, "toxic", &at)?,
-                });
-            }
-            "partition" => {
-                let p = object(value, &at)?;
-                actions.push(Action::Partition {
-                    name: string(p, "name", &at)?,
-                    body: value.clone(),
-                });
-            }
-            "heal" | "enable" | "disable" => {
-                let Value::String(name) = value else {
-                    return Err(err(at, format!("must be a name, got {value}")));
-                };
-                actions.push(match key.as_str() {
-                    "heal" => Action::Heal(name.clone()),
-                    "enable" => Action::Enable(name.clone()),
-                    _ => Action::Disable(name.clone()),
-                });
-            }
-            "upstream" => {
-                let u = object(value, &at)?;
-                actions.push(Action::Upstream {
-                    proxy: string(u, "proxy", &at)?,
-                    upstream: string(u, "upstream", &at)?,
-                });
-            }
-            other => {
+            Value::Array(_) => {
                 return Err(err(
-                    at.clone(),
-                    format!(
-                        "unknown field {other:?}; a step has at, name, add, update, remove, partition, heal, enable, disable and upstream"
-                    ),
+                    format!("{path}.{key}"),
+                    "an empty list changes nothing",
                 ));
             }
+            _ => actions.push(parse_action(key, value, &format!("{path}.{key}"))?),
         }
     }
     if actions.is_empty() {
@@ -385,6 +360,85 @@ fn parse_step(raw: &Value, path: &str, index: usize) -> Result<Step, AttrError> 
         ));
     }
     Ok(Step { at, phase, actions })
+}
+
+/// One change of a step: `key` is its kind, `at` its path for errors.
+fn parse_action(key: &str, value: &Value, at: &str) -> Result<Action, AttrError> {
+    Ok(match key {
+        "add" => {
+            let t = object(value, at)?;
+            let proxy = string(t, "proxy", at)?;
+            let kind = string(t, "type", at)?;
+            let stream = t
+                .get("stream")
+                .and_then(Value::as_str)
+                .unwrap_or("downstream")
+                .to_owned();
+            let name = match t.get("name") {
+                Some(Value::String(n)) if !n.is_empty() => n.clone(),
+                _ => format!("{kind}_{stream}"),
+            };
+            let mut toxic = t.clone();
+            toxic.remove("proxy");
+            toxic.insert("name".into(), Value::String(name.clone()));
+            Action::AddToxic {
+                proxy,
+                name,
+                toxic: Value::Object(toxic),
+            }
+        }
+        "update" => {
+            let t = object(value, at)?;
+            let (proxy, name) = (string(t, "proxy", at)?, string(t, "toxic", at)?);
+            let mut patch = t.clone();
+            patch.remove("proxy");
+            patch.remove("toxic");
+            Action::UpdateToxic {
+                proxy,
+                name,
+                patch: Value::Object(patch),
+            }
+        }
+        "remove" => {
+            let t = object(value, at)?;
+            Action::RemoveToxic {
+                proxy: string(t, "proxy", at)?,
+                name: string(t, "toxic", at)?,
+            }
+        }
+        "partition" => {
+            let p = object(value, at)?;
+            Action::Partition {
+                name: string(p, "name", at)?,
+                body: value.clone(),
+            }
+        }
+        "heal" | "enable" | "disable" => {
+            let Value::String(name) = value else {
+                return Err(err(at, format!("must be a name, got {value}")));
+            };
+            match key {
+                "heal" => Action::Heal(name.clone()),
+                "enable" => Action::Enable(name.clone()),
+                _ => Action::Disable(name.clone()),
+            }
+        }
+        "upstream" => {
+            let u = object(value, at)?;
+            Action::Upstream {
+                proxy: string(u, "proxy", at)?,
+                upstream: string(u, "upstream", at)?,
+            }
+        }
+        other => {
+            return Err(err(
+                at,
+                format!(
+                    "unknown field {other:?}; a step has at, name, add, update, remove, partition, heal, enable, disable and upstream"
+                ),
+            ));
+        }
+    })
 }
 
 /// What a scenario has changed, as a plain description: enough to check plans and to know

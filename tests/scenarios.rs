@@ -232,4 +232,10 @@ async fn bad_scenarios_are_refused_before_anything_is_applied() {
     assert_eq!(status, 400, "{err}");
     let (status, _) = f.call("DELETE", "/scenarios/none", None).await;
     assert_eq!(status, 404);
+    let (status, err) = f.call("GET", "/scenarios/none?series=maybe", None).await;
+    assert_eq!(status, 400);
+    assert!(
+        err.to_string().contains("series must be true or false"),
+        "{err}"
+    );
 }

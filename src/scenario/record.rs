@@ -3,7 +3,9 @@
 //!
 //! The figures come from the proxies' own counters and latency histograms (the ones behind
 //! `/stats` and `/metrics`), so they are what fallacy saw of the clients, whatever the load
-//! generator. A phase's figures are the difference of two copies of those counters, taken at
+//! generator. Latency is `client_observed` of `/stats`: for requests that succeeded upstream,
+//! what the client saw, or would have seen had it not given up first, so a tail past the
+//! client's timeout still shows. A phase's figures are the difference of two copies of those counters, taken at
 //! the instant the phase opened and the instant it closed: the boundaries are exact, not
 //! rounded to a sampling interval.
 
@@ -45,7 +47,7 @@ fn totals(link: &Link) -> Totals {
         retries: counts.retries,
         bytes: up + down,
         connections: link.connections_total(),
-        latency: link.stats().observed.snapshot(),
+        latency: link.stats().client.snapshot(),
     }
 }
 
@@ -122,8 +124,10 @@ impl Figures {
             "requests": self.requests,
             "requests_per_s": per_s(self.requests),
             "errors": self.errors,
+            "errors_per_s": per_s(self.errors),
             "error_rate": (self.requests > 0).then(|| self.errors as f64 / self.requests as f64),
             "false_timeouts": self.false_timeouts,
+            "false_timeouts_per_s": per_s(self.false_timeouts),
             "retries": self.retries,
             "amplification": amplification,
             "latency_samples": self.latency.total(),
@@ -257,8 +261,8 @@ impl Recorder {
 
     /// Closes the last phase: the scenario is over or stopped.
     pub fn finish(&mut self, now: Instant) {
-        if now > self.last.0 {
-            // The series runs to the end.
+        if now.saturating_duration_since(self.last.0) >= Duration::from_millis(50) {
+            // The series runs to the end (a sliver of an interval would only be noise).
             self.sample(now);
         }
         let marks = self.marks();

@@ -157,6 +157,16 @@ fn bad_scenarios_name_the_field() {
             "step[0].heal",
             "must be a name",
         ),
+        (
+            base(json!([{"at": "1s", "remove": [{"proxy": "db", "toxic": "a"}, {"proxy": "db"}]}])),
+            "step[0].remove[1].toxic",
+            "required",
+        ),
+        (
+            base(json!([{"at": "1s", "heal": []}])),
+            "step[0].heal",
+            "empty list",
+        ),
     ] {
         let e = Scenario::from_json(&v).unwrap_err();
         assert_eq!(e.path, path, "{v}");
@@ -164,6 +174,41 @@ fn bad_scenarios_name_the_field() {
     }
     let e = Scenario::from_toml("name = \"s\"\nduration = 5").unwrap_err();
     assert_eq!(e.path, "duration");
+    // A syntax error names its line and column.
+    let e = Scenario::from_toml("name = \"s\"\nduration = = 5").unwrap_err();
+    assert!(e.path.starts_with("scenario (line 2, column"), "{}", e.path);
+    let e = Scenario::from_text("{\"name\": }").unwrap_err();
+    assert!(e.path.starts_with("scenario (line 1, column"), "{}", e.path);
+}
+
+#[test]
+fn a_list_makes_several_changes_of_one_kind_in_order() {
+    let s = Scenario::from_toml(
+        r#"
+name = "s"
+duration = "10s"
+[[step]]
+at = "1s"
+remove = [{ proxy = "db", toxic = "a" }, { proxy = "db", toxic = "b" }]
+heal = ["x", "y"]
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        s.steps[0].actions,
+        [
+            Action::RemoveToxic {
+                proxy: "db".into(),
+                name: "a".into()
+            },
+            Action::RemoveToxic {
+                proxy: "db".into(),
+                name: "b".into()
+            },
+            Action::Heal("x".into()),
+            Action::Heal("y".into()),
+        ]
+    );
 }
 
 /// A small universe of actions for the property test.
