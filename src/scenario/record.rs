@@ -179,7 +179,13 @@ pub struct Recorder {
     changes: VecDeque<Value>,
     last: (Instant, Vec<Totals>),
     series: VecDeque<Value>,
+    /// Requests and retries (all proxies) at each recent sample, for the series' amplification.
+    recent: VecDeque<(Instant, u64, u64)>,
 }
+
+/// The series' amplification is taken over this trailing window: over one short interval, the
+/// retries of requests that began earlier swamp the few new ones (at a recovery, say).
+pub const AMPLIFICATION_WINDOW: Duration = Duration::from_secs(1);
 
 impl Recorder {
     /// Starts recording the given proxies, in a first phase named `baseline`.
@@ -200,6 +206,7 @@ impl Recorder {
             changes: VecDeque::new(),
             last: (origin, marks),
             series: VecDeque::new(),
+            recent: VecDeque::from([(origin, 0, 0)]),
         }
     }
 
@@ -286,6 +293,20 @@ impl Recorder {
         let seconds = now.saturating_duration_since(self.last.0).as_secs_f64();
         let (_, total) = figures(&self.names, &self.last.1, &marks, seconds);
         let mut point = total.to_json();
+        let (mut requests, mut retries) = self.recent.back().map_or((0, 0), |r| (r.1, r.2));
+        requests += total.requests;
+        retries += total.retries;
+        self.recent.push_back((now, requests, retries));
+        // Keep one sample at or before the window's start, to measure from.
+        while self.recent.len() > 2
+            && now.saturating_duration_since(self.recent[1].0) >= AMPLIFICATION_WINDOW
+        {
+            self.recent.pop_front();
+        }
+        let (_, r0, t0) = self.recent[0];
+        let (dr, dt) = (requests - r0, retries - t0);
+        point["amplification"] =
+            json!((dr > 0).then(|| dr as f64 / dr.saturating_sub(dt).max(1) as f64));
         point["t_ms"] = json!(self.ms(now));
         point["phase"] = json!(self.open.as_ref().map(|o| o.name.as_str()));
         push_bounded(&mut self.series, point, MAX_SAMPLES);

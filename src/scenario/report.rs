@@ -211,7 +211,7 @@ fn markdown(report: &Value) -> String {
     }
     let _ = writeln!(
         out,
-        "\n## Over time\n\nSampled every {} ms; the shaded bands are the phases.\n",
+        "\n## Over time\n\nSampled every {} ms (amplification over the trailing second); the shaded bands are the phases.\n",
         s["sample_every_ms"]
     );
     for chart in &CHARTS {
