@@ -59,6 +59,8 @@ pub struct AdminState {
     prometheus: Option<PrometheusHandle>,
     shutdown: CancellationToken,
     audit: Arc<Mutex<VecDeque<AuditEntry>>>,
+    /// When set, every route but the health checks wants `Authorization: Bearer <token>`.
+    token: Option<Arc<str>>,
     /// Scenarios started through the API, by name.
     scenarios: Arc<
         tokio::sync::Mutex<std::collections::BTreeMap<String, crate::scenario::runner::Running>>,
@@ -99,10 +101,38 @@ impl AdminState {
             store,
             prometheus,
             shutdown,
+            token: None,
             audit: Arc::default(),
             scenarios: Arc::default(),
         }
     }
+
+    /// Requires `Authorization: Bearer <token>` on every route but `/healthz` and `/readyz`.
+    pub fn with_token(self, token: Option<String>) -> AdminState {
+        AdminState {
+            token: token.map(Arc::from),
+            ..self
+        }
+    }
+}
+
+/// Whether the request carries the token. The comparison takes the same time wherever the
+/// first difference lies, so response times do not reveal a prefix.
+fn authorized(request: &Request, token: &str) -> bool {
+    let Some(given) = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    let differ = a
+        .iter()
+        .zip(b.iter())
+        .fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y));
+    differ == 0
 }
 
 /// The whole admin API as a router, so tests can call it with `oneshot` or serve it on a port.
@@ -188,6 +218,17 @@ async fn guard(State(st): State<Arc<AdminState>>, request: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let mut response = async {
+        let health = request.method() == Method::GET
+            && matches!(request.uri().path(), "/healthz" | "/readyz");
+        if let Some(token) = &st.token
+            && !health
+            && !authorized(&request, token)
+        {
+            return Error::Unauthorized(
+                "this admin API wants a token: send Authorization: Bearer <FALLACY_ADMIN_TOKEN>",
+            )
+            .into_response();
+        }
         if is_browser(&request) && !is_read_only_extension(&request) {
             return Error::BrowserRefused.into_response();
         }

@@ -45,6 +45,9 @@ pub struct Config {
     pub proxies: Vec<ProxyConfig>,
     /// Partitions in force from the start (validated; the API's JSON shape).
     pub partitions: Vec<Value>,
+    /// The admin API's bearer token (from `--admin-token` or `FALLACY_ADMIN_TOKEN`, never
+    /// from the file).
+    pub admin_token: Option<String>,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             proxies: Vec::new(),
             partitions: Vec::new(),
+            admin_token: None,
         }
     }
 }

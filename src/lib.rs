@@ -135,11 +135,10 @@ impl Server {
                 }
             });
         }
-        let router = admin::router(admin::AdminState::new(
-            store.clone(),
-            prometheus,
-            shutdown.clone(),
-        ));
+        let router = admin::router(
+            admin::AdminState::new(store.clone(), prometheus, shutdown.clone())
+                .with_token(config.admin_token.clone()),
+        );
         let stop_admin = shutdown.clone();
         // The admin API is not on the tracker: it must keep answering during the drain.
         tokio::spawn(async move {

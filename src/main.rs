@@ -36,9 +36,18 @@ enum Command {
         /// Seed every random draw, so a run can be replayed.
         #[arg(long, value_name = "N")]
         seed: Option<u64>,
-        /// Allow the admin API on a non-loopback address. Anyone who can reach it can change
-        /// every proxy.
-        #[arg(long)]
+        /// Require `Authorization: Bearer TOKEN` on every admin route but /healthz and
+        /// /readyz. With a token, the admin API may listen beyond loopback.
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "FALLACY_ADMIN_TOKEN",
+            hide_env_values = true
+        )]
+        admin_token: Option<String>,
+        /// Allow the admin API on a non-loopback address without a token. Anyone who can reach
+        /// it can change every proxy.
+        #[arg(long, env = "FALLACY_INSECURE_ADMIN")]
         insecure_admin: bool,
     },
     /// Validate a config file and print every error with its line and column.
@@ -81,6 +90,14 @@ enum ScenarioCommand {
         /// A running fallacy's admin API (host:port or http:// URL).
         #[arg(long, value_name = "URL", conflicts_with = "config")]
         target: Option<String>,
+        /// The target's admin token, if it wants one.
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "FALLACY_ADMIN_TOKEN",
+            hide_env_values = true
+        )]
+        admin_token: Option<String>,
         /// Start an embedded server from this config instead of the lab.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -150,8 +167,15 @@ fn main() -> ExitCode {
             config,
             admin,
             seed,
+            admin_token,
             insecure_admin,
         } => {
+            if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                eprintln!(
+                    "fallacy: --admin-token (FALLACY_ADMIN_TOKEN) is empty; unset it or give a token"
+                );
+                return ExitCode::from(2);
+            }
             let config_path = config;
             let config = match config_path.as_deref().map(config::load).transpose() {
                 Ok(c) => c.unwrap_or_default(),
@@ -168,7 +192,7 @@ fn main() -> ExitCode {
                 }
                 (None, _, _) => (config::DEFAULT_ADMIN.to_owned(), "--admin".to_owned()),
             };
-            let admin = match admin_addr(&admin, &origin, insecure_admin) {
+            let admin = match admin_addr(&admin, &origin, insecure_admin || admin_token.is_some()) {
                 Ok(addr) => addr,
                 Err(err) => {
                     eprintln!("fallacy: {err:#}");
@@ -186,6 +210,7 @@ fn main() -> ExitCode {
                 admin,
                 Config {
                     seed: seed.or(config.seed),
+                    admin_token,
                     ..config
                 },
             )) {
@@ -273,6 +298,7 @@ fn scenario(action: ScenarioCommand) -> ExitCode {
         ScenarioCommand::Run {
             file,
             target,
+            admin_token,
             config,
             out,
             rate,
@@ -284,6 +310,7 @@ fn scenario(action: ScenarioCommand) -> ExitCode {
             let options = play::RunOptions {
                 file,
                 target,
+                admin_token,
                 config,
                 out,
                 command,
@@ -345,7 +372,8 @@ fn admin_addr(admin: &str, origin: &str, insecure: bool) -> anyhow::Result<Socke
     if !addr.ip().is_loopback() && !insecure {
         anyhow::bail!(
             "{origin} {admin}: refusing to expose the admin API beyond loopback without a token; \
-             pass --insecure-admin if every host that can reach it is trusted"
+             set FALLACY_ADMIN_TOKEN (or --admin-token), or pass --insecure-admin \
+             (FALLACY_INSECURE_ADMIN=true) if every host that can reach it is trusted"
         );
     }
     Ok(addr)

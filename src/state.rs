@@ -696,12 +696,7 @@ impl Store {
     /// heals itself after its `duration` if it has one.
     pub async fn create_partition(&self, body: &serde_json::Value) -> Result<PartitionView, Error> {
         let proxies = self.inner.proxies.lock().await;
-        let nodes = proxies
-            .values()
-            .flat_map(|e| e.labels.iter().flat_map(|l| [l.from.clone(), l.to.clone()]))
-            .collect();
-        let names = proxies.keys().cloned().collect();
-        let partition = Partition::from_json(body, &nodes, &names)?;
+        let partition = partition_against(body, &proxies)?;
         let id = self.inner.next_partition.fetch_add(1, Ordering::Relaxed);
         {
             let mut partitions = self.partitions();
@@ -720,6 +715,12 @@ impl Store {
             });
         }
         Ok(view)
+    }
+
+    /// Checks a partition body against the proxies there are now, without creating it.
+    pub async fn check_partition(&self, body: &serde_json::Value) -> Result<(), Error> {
+        let proxies = self.inner.proxies.lock().await;
+        partition_against(body, &proxies).map(|_| ())
     }
 
     /// Heals a partition: held bytes flow, waiting connections dial.
@@ -813,6 +814,19 @@ pub struct PartitionView {
     pub partition: Partition,
     /// The proxies it cuts now.
     pub proxies: Vec<String>,
+}
+
+/// A partition body read against the proxies' names and node labels.
+fn partition_against(
+    body: &serde_json::Value,
+    proxies: &BTreeMap<String, Entry>,
+) -> Result<Partition, Error> {
+    let nodes = proxies
+        .values()
+        .flat_map(|e| e.labels.iter().flat_map(|l| [l.from.clone(), l.to.clone()]))
+        .collect();
+    let names = proxies.keys().cloned().collect();
+    Ok(Partition::from_json(body, &nodes, &names)?)
 }
 
 fn partition_view(p: &Partition, proxies: &BTreeMap<String, Entry>) -> PartitionView {

@@ -165,12 +165,17 @@ impl Drop for Child {
 
 /// A GET over a fresh connection, every step bounded; returns status and parsed JSON body.
 fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    get_with(addr, path, "")
+}
+
+/// A GET with extra header lines (each ending in CRLF).
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, Value) {
     let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to the admin API");
     s.set_read_timeout(Some(WAIT)).unwrap();
     s.set_write_timeout(Some(WAIT)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -183,7 +188,7 @@ fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
     (status, body)
 }
 
@@ -305,6 +310,58 @@ fn a_non_loopback_admin_needs_insecure_admin() {
     assert!(admin.ip().is_unspecified(), "{admin}");
     let loopback = SocketAddr::from(([127, 0, 0, 1], admin.port()));
     assert_eq!(get(loopback, "/version").0, 200);
+}
+
+/// With a token from the environment the admin API may listen beyond loopback, and every
+/// route but the health checks wants it.
+#[test]
+fn an_admin_token_from_the_environment_guards_every_route_but_health() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fallacy"));
+    command
+        .args(["serve", "--admin", "0.0.0.0:0"])
+        .env("FALLACY_ADMIN_TOKEN", "s3cret");
+    let server = Child::start(command);
+    let admin = server.admin();
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin.port()));
+    let (status, body) = get(admin, "/proxies");
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer"),
+        "{body}"
+    );
+    assert_eq!(
+        get_with(admin, "/proxies", "Authorization: Bearer wrong\r\n").0,
+        401
+    );
+    assert_eq!(
+        get_with(admin, "/proxies", "Authorization: Bearer s3cre\r\n").0,
+        401
+    );
+    assert_eq!(
+        get_with(admin, "/proxies", "Authorization: s3cret\r\n").0,
+        401
+    );
+    assert_eq!(
+        get_with(admin, "/proxies", "Authorization: Bearer s3cret\r\n").0,
+        200
+    );
+    assert_eq!(
+        get(admin, "/metrics").0,
+        401,
+        "metrics name every proxy: guarded too"
+    );
+    assert_eq!(get(admin, "/healthz").0, 200, "health checks need no token");
+
+    let mut empty = Command::new(env!("CARGO_BIN_EXE_fallacy"));
+    empty
+        .args(["serve", "--admin", "127.0.0.1:0"])
+        .env("FALLACY_ADMIN_TOKEN", " ");
+    let (code, stderr) = Child::start(empty).exit_code();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("FALLACY_ADMIN_TOKEN) is empty"), "{stderr}");
 }
 
 #[test]

@@ -296,3 +296,44 @@ async fn every_example_scenario_checks_against_the_lab() {
         assert!(text(&check.stdout).contains(": ok ("), "{name}");
     }
 }
+
+/// A target with an admin token: refused without it, played with it (from the environment).
+#[tokio::test]
+async fn a_target_that_wants_a_token_gets_it_from_the_environment() {
+    let f = Fallacy::with_config(fallacy::config::Config {
+        admin_token: Some("s3cret".into()),
+        ..Default::default()
+    })
+    .await;
+    let echo = support::Echo::start().await;
+    f.proxy("db", echo.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "s.toml",
+        "name = \"s\"\nduration = \"1s\"\n[[step]]\nat = \"0s\"\ndisable = \"db\"\n",
+    );
+    let out = dir.path().join("r").display().to_string();
+    let target = f.admin.to_string();
+    let args = ["scenario", "run", &file, "--target", &target, "--out", &out];
+    let refused = fallacy(&args).await;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused.stderr).contains("wants an admin token: set FALLACY_ADMIN_TOKEN"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let played = tokio::process::Command::new(env!("CARGO_BIN_EXE_fallacy"))
+        .args(args)
+        .env("FALLACY_ADMIN_TOKEN", "s3cret")
+        .kill_on_drop(true)
+        .output();
+    let played = tokio::time::timeout(Duration::from_secs(30), played)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(played.status.success(), "{}", text(&played.stderr));
+    let report = read_json(&Path::new(&out).join("report.json"));
+    assert_eq!(report["scenario"]["state"], "done");
+    assert_eq!(report["scenario"]["errors"], json!([]));
+}

@@ -195,6 +195,7 @@ async fn bad_scenarios_are_refused_before_anything_is_applied() {
     let f = Fallacy::start().await;
     let echo = support::Echo::start().await;
     f.proxy("db", echo.addr).await;
+    f.proxy("app", echo.addr).await;
     for (body, words) in [
         (
             json!({"name": "s", "duration": "10s", "step": [{"at": "1s", "add": {"proxy": "nope", "type": "latency"}}]}),
@@ -217,6 +218,20 @@ async fn bad_scenarios_are_refused_before_anything_is_applied() {
         (
             json!({"name": "s", "duration": "10s", "step": [{"at": "5s", "heal": "x"}, {"at": "2s", "heal": "y"}]}),
             "step[1].at",
+        ),
+        (
+            json!({"name": "s", "duration": "10s", "step": [{"at": "1s", "heal": "x"}]}),
+            "step[0].heal: no partition \"x\", nor one made by an earlier step",
+        ),
+        (
+            json!({"name": "s", "duration": "10s", "step": [{"at": "1s", "partition": {"name": "p", "a": ["mars"], "b": ["db"]}}]}),
+            "step[0].partition.a[0]: unknown node or proxy \"mars\"",
+        ),
+        (
+            json!({"name": "s", "duration": "10s", "step": [
+                {"at": "1s", "partition": {"name": "p", "a": ["db"], "b": ["app"]}},
+                {"at": "2s", "partition": {"name": "p", "a": ["db"], "b": ["app"]}}]}),
+            "step[1].partition.name: a partition \"p\" is already in force",
         ),
     ] {
         let (status, err) = f.call("POST", "/scenarios", Some(&body.to_string())).await;

@@ -36,6 +36,9 @@ pub enum Error {
     /// Too few samples (used by extensions).
     #[error("{0}")]
     Unprocessable(String),
+    /// An admin token is set and the request did not carry it.
+    #[error("{0}")]
+    Unauthorized(&'static str),
 }
 
 impl Error {
@@ -53,6 +56,7 @@ impl Error {
             | Error::BadQuery(_) => StatusCode::BAD_REQUEST,
             Error::Store(S::Listen { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::BrowserRefused => StatusCode::FORBIDDEN,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
@@ -77,6 +81,13 @@ impl IntoResponse for Error {
         } else {
             tracing::debug!(error = %self, "admin request refused");
         }
-        (status, Json(self.body(None))).into_response()
+        let mut response = (status, Json(self.body(None))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"fallacy\""),
+            );
+        }
+        response
     }
 }

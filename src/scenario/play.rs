@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub file: PathBuf,
     /// A running server's admin API.
     pub target: Option<String>,
+    /// Its bearer token, if it wants one.
+    pub admin_token: Option<String>,
     /// A config for an embedded server.
     pub config: Option<PathBuf>,
     /// Where the report goes.
@@ -98,13 +100,15 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// A client of the admin API.
 struct Admin {
     base: String,
+    token: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Admin {
-    fn new(base: String) -> Admin {
+    fn new(base: String, token: Option<String>) -> Admin {
         Admin {
             base,
+            token,
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
         }
     }
@@ -115,13 +119,16 @@ impl Admin {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(StatusCode, Value)> {
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method(method.clone())
             .uri(format!("{}{path}", self.base))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(
-                body.map(Value::to_string).unwrap_or_default(),
-            )))?;
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::from(
+            body.map(Value::to_string).unwrap_or_default(),
+        )))?;
         let call = async {
             let response = self.client.request(request).await?;
             let status = response.status();
@@ -210,7 +217,7 @@ struct Server {
 async fn server(o: &RunOptions, stop: &CancellationToken) -> Result<Server, Failure> {
     if let Some(target) = &o.target {
         let base = target_base(target).map_err(input)?;
-        let admin = Admin::new(base.clone());
+        let admin = Admin::new(base.clone(), o.admin_token.clone());
         let (status, _) = admin
             .call(Method::GET, "/version", None)
             .await
@@ -220,6 +227,16 @@ async fn server(o: &RunOptions, stop: &CancellationToken) -> Result<Server, Fail
                     e
                 ))
             })?;
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(input(anyhow!(
+                "--target {base} wants an admin token: set FALLACY_ADMIN_TOKEN (or --admin-token){}",
+                if o.admin_token.is_some() {
+                    "; the one given was refused"
+                } else {
+                    ""
+                }
+            )));
+        }
         if !status.is_success() {
             return Err(input(anyhow!(
                 "--target {base}: GET /version answered {status}; is it a fallacy admin API?"
@@ -260,7 +277,7 @@ async fn server(o: &RunOptions, stop: &CancellationToken) -> Result<Server, Fail
         ),
     };
     Ok(Server {
-        admin: Admin::new(format!("http://{}", embedded.admin)),
+        admin: Admin::new(format!("http://{}", embedded.admin), None),
         described,
         lab_proxy,
         _embedded: Some(embedded),

@@ -112,6 +112,14 @@ fn describe(a: &Action) -> String {
 /// earlier by the scenario). The error names the step.
 pub async fn check(store: &Store, scenario: &Scenario) -> Result<(), AttrError> {
     let mut added: Vec<(String, String)> = Vec::new();
+    // Partitions in force as the steps go: those there now, then as the scenario makes and
+    // heals them.
+    let mut partitions: Vec<String> = store
+        .list_partitions()
+        .await
+        .into_iter()
+        .map(|p| p.partition.name)
+        .collect();
     for (i, step) in scenario.steps.iter().enumerate() {
         let at = |what: &str| format!("step[{i}].{what}");
         for action in &step.actions {
@@ -162,6 +170,30 @@ pub async fn check(store: &Store, scenario: &Scenario) -> Result<(), AttrError> 
                             ),
                         ));
                     }
+                }
+                Action::Partition { name, body } => {
+                    store.check_partition(body).await.map_err(|e| match e {
+                        crate::state::Error::Attr(a) => {
+                            AttrError::new(&at(&format!("partition.{}", a.path)), &a.message)
+                        }
+                        other => AttrError::new(&at("partition"), &other.to_string()),
+                    })?;
+                    if partitions.contains(name) {
+                        return Err(AttrError::new(
+                            &at("partition.name"),
+                            &format!("a partition {name:?} is already in force at this step"),
+                        ));
+                    }
+                    partitions.push(name.clone());
+                }
+                Action::Heal(name) => {
+                    let Some(i) = partitions.iter().position(|p| p == name) else {
+                        return Err(AttrError::new(
+                            &at("heal"),
+                            &format!("no partition {name:?}, nor one made by an earlier step"),
+                        ));
+                    };
+                    partitions.remove(i);
                 }
                 _ => {}
             }

@@ -23,6 +23,8 @@ pub struct Fallacy {
     pub server: Server,
     pub admin: SocketAddr,
     pub http: reqwest::Client,
+    /// Sent as a bearer token when the config sets one.
+    pub token: Option<String>,
 }
 
 impl Fallacy {
@@ -31,6 +33,7 @@ impl Fallacy {
     }
 
     pub async fn with_config(config: Config) -> Fallacy {
+        let token = config.admin_token.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -48,6 +51,7 @@ impl Fallacy {
             server,
             admin,
             http: reqwest::Client::new(),
+            token,
         }
     }
 
@@ -69,6 +73,9 @@ impl Fallacy {
     pub async fn call_raw(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(method, self.url(path));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
         if let Some(body) = body {
             req = req.body(body.to_owned());
         }
