@@ -68,6 +68,13 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Ask a running fallacy's GET /healthz: exit 0 when it answers 200, 1 otherwise (for a
+    /// container's HEALTHCHECK: the image has no curl).
+    Health {
+        /// Its admin API.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8474")]
+        admin: String,
+    },
     /// Fault timelines: play one with load and write a report, or check one.
     Scenario {
         #[command(subcommand)]
@@ -147,15 +154,17 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints tables; the proxies it starts need not announce themselves.
+    // The demo, scenarios and health print their own output; the servers they start need not
+    // announce themselves.
     init_tracing(
-        if matches!(cli.command, Command::Demo { .. } | Command::Scenario { .. }) {
-            "warn"
-        } else {
+        if matches!(cli.command, Command::Serve { .. } | Command::Check { .. }) {
             "info"
+        } else {
+            "warn"
         },
     );
     match cli.command {
+        Command::Health { admin } => health(&admin),
         Command::Scenario { action } => scenario(action),
         Command::Check { file } => check(&file),
         Command::Demo {
@@ -338,6 +347,40 @@ fn scenario(action: ScenarioCommand) -> ExitCode {
                 }
                 Err(f) => failed(f),
             }
+        }
+    }
+}
+
+fn health(admin: &str) -> ExitCode {
+    use std::io::Read;
+    let answer = (|| -> anyhow::Result<String> {
+        let addr = admin
+            .to_socket_addrs()
+            .with_context(|| format!("--admin {admin:?}: cannot resolve"))?
+            .next()
+            .with_context(|| format!("--admin {admin:?}: no address"))?;
+        let wait = std::time::Duration::from_secs(2);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, wait)
+            .with_context(|| format!("{addr}: cannot connect"))?;
+        s.set_read_timeout(Some(wait))?;
+        s.set_write_timeout(Some(wait))?;
+        write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut head = String::new();
+        s.take(4096).read_to_string(&mut head)?;
+        Ok(head.lines().next().unwrap_or_default().to_owned())
+    })();
+    match answer {
+        Ok(status) if status.split(' ').nth(1) == Some("200") => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("fallacy health: {admin}: GET /healthz answered {status:?}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("fallacy health: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

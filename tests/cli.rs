@@ -355,6 +355,15 @@ fn an_admin_token_from_the_environment_guards_every_route_but_health() {
     );
     assert_eq!(get(admin, "/healthz").0, 200, "health checks need no token");
 
+    // The container's other way: no token, a private network.
+    let mut insecure = Command::new(env!("CARGO_BIN_EXE_fallacy"));
+    insecure
+        .args(["serve", "--admin", "0.0.0.0:0"])
+        .env("FALLACY_INSECURE_ADMIN", "true");
+    let insecure = Child::start(insecure);
+    let port = insecure.admin().port();
+    assert_eq!(get(SocketAddr::from(([127, 0, 0, 1], port)), "/proxies").0, 200);
+
     let mut empty = Command::new(env!("CARGO_BIN_EXE_fallacy"));
     empty
         .args(["serve", "--admin", "127.0.0.1:0"])
