@@ -362,7 +362,10 @@ fn an_admin_token_from_the_environment_guards_every_route_but_health() {
         .env("FALLACY_INSECURE_ADMIN", "true");
     let insecure = Child::start(insecure);
     let port = insecure.admin().port();
-    assert_eq!(get(SocketAddr::from(([127, 0, 0, 1], port)), "/proxies").0, 200);
+    assert_eq!(
+        get(SocketAddr::from(([127, 0, 0, 1], port)), "/proxies").0,
+        200
+    );
 
     let mut empty = Command::new(env!("CARGO_BIN_EXE_fallacy"));
     empty

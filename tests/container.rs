@@ -38,23 +38,36 @@ fn the_dockerfile_builds_locked_and_runs_as_promised() {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .collect();
     let has = |words: &str| instructions.iter().any(|l| l.contains(words));
-    assert!(has("cargo build --release --locked"), "a locked release build");
+    assert!(
+        has("cargo build --release --locked"),
+        "a locked release build"
+    );
     assert_eq!(
-        instructions.iter().filter(|l| l.starts_with("FROM ")).count(),
+        instructions
+            .iter()
+            .filter(|l| l.starts_with("FROM "))
+            .count(),
         2,
         "multi-stage"
     );
     assert!(has("USER 10001"), "runs as non-root");
     assert!(has("EXPOSE 8474"));
-    assert!(has(r#"CMD ["fallacy", "health", "--admin", "127.0.0.1:8474"]"#));
-    assert!(has(r#"ENTRYPOINT ["fallacy", "serve", "--admin", "0.0.0.0:8474"]"#));
+    assert!(has(
+        r#"CMD ["fallacy", "health", "--admin", "127.0.0.1:8474"]"#
+    ));
+    assert!(has(
+        r#"ENTRYPOINT ["fallacy", "serve", "--admin", "0.0.0.0:8474"]"#
+    ));
     // Everything COPY takes from the context exists, and .dockerignore keeps it in.
     let ignore = read(".dockerignore");
     let ignored: Vec<&str> = ignore
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .collect();
-    for l in instructions.iter().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+    for l in instructions
+        .iter()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
         let parts: Vec<&str> = l.split_whitespace().collect();
         for source in &parts[1..parts.len() - 1] {
             assert!(root().join(source).exists(), "COPY {source}: missing");
@@ -75,7 +88,11 @@ async fn fallacy_health_answers_for_a_live_server_and_fails_for_a_dead_one() {
         .output()
         .await
         .unwrap();
-    assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
     let dead = support::dead_addr().await.to_string();
     let down = tokio::process::Command::new(env!("CARGO_BIN_EXE_fallacy"))
         .args(["health", "--admin", &dead])
