@@ -61,6 +61,8 @@ pub struct AdminState {
     audit: Arc<Mutex<VecDeque<AuditEntry>>>,
     /// When set, every route but the health checks wants `Authorization: Bearer <token>`.
     token: Option<Arc<str>>,
+    /// `GET /metrics` needs no token (for scrapers that cannot send one).
+    metrics_public: bool,
     /// Scenarios started through the API, by name.
     scenarios: Arc<
         tokio::sync::Mutex<std::collections::BTreeMap<String, crate::scenario::runner::Running>>,
@@ -102,15 +104,18 @@ impl AdminState {
             prometheus,
             shutdown,
             token: None,
+            metrics_public: false,
             audit: Arc::default(),
             scenarios: Arc::default(),
         }
     }
 
-    /// Requires `Authorization: Bearer <token>` on every route but `/healthz` and `/readyz`.
-    pub fn with_token(self, token: Option<String>) -> AdminState {
+    /// Requires `Authorization: Bearer <token>` on every route but `/healthz` and `/readyz`
+    /// (and `GET /metrics` when `metrics_public`).
+    pub fn with_token(self, token: Option<String>, metrics_public: bool) -> AdminState {
         AdminState {
             token: token.map(Arc::from),
+            metrics_public,
             ..self
         }
     }
@@ -218,8 +223,10 @@ async fn guard(State(st): State<Arc<AdminState>>, request: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let mut response = async {
+        let path = request.uri().path();
         let health = request.method() == Method::GET
-            && matches!(request.uri().path(), "/healthz" | "/readyz");
+            && (matches!(path, "/healthz" | "/readyz")
+                || (st.metrics_public && path == "/metrics"));
         if let Some(token) = &st.token
             && !health
             && !authorized(&request, token)

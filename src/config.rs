@@ -48,6 +48,8 @@ pub struct Config {
     /// The admin API's bearer token (from `--admin-token` or `FALLACY_ADMIN_TOKEN`, never
     /// from the file).
     pub admin_token: Option<String>,
+    /// With a token: `GET /metrics` needs none (`--metrics-public`).
+    pub metrics_public: bool,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             proxies: Vec::new(),
             partitions: Vec::new(),
             admin_token: None,
+            metrics_public: false,
         }
     }
 }

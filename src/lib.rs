@@ -137,7 +137,7 @@ impl Server {
         }
         let router = admin::router(
             admin::AdminState::new(store.clone(), prometheus, shutdown.clone())
-                .with_token(config.admin_token.clone()),
+                .with_token(config.admin_token.clone(), config.metrics_public),
         );
         let stop_admin = shutdown.clone();
         // The admin API is not on the tracker: it must keep answering during the drain.

@@ -45,6 +45,10 @@ enum Command {
             hide_env_values = true
         )]
         admin_token: Option<String>,
+        /// With a token, let GET /metrics through without it, for scrapers that cannot send
+        /// one (Prometheus's pod annotations).
+        #[arg(long, env = "FALLACY_METRICS_PUBLIC")]
+        metrics_public: bool,
         /// Allow the admin API on a non-loopback address without a token. Anyone who can reach
         /// it can change every proxy.
         #[arg(long, env = "FALLACY_INSECURE_ADMIN")]
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
             admin,
             seed,
             admin_token,
+            metrics_public,
             insecure_admin,
         } => {
             if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
@@ -220,6 +225,7 @@ fn main() -> ExitCode {
                 Config {
                     seed: seed.or(config.seed),
                     admin_token,
+                    metrics_public,
                     ..config
                 },
             )) {

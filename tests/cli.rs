@@ -355,6 +355,17 @@ fn an_admin_token_from_the_environment_guards_every_route_but_health() {
     );
     assert_eq!(get(admin, "/healthz").0, 200, "health checks need no token");
 
+    // --metrics-public (here from the environment) opens /metrics alone.
+    let mut public = Command::new(env!("CARGO_BIN_EXE_fallacy"));
+    public
+        .args(["serve", "--admin", "127.0.0.1:0"])
+        .env("FALLACY_ADMIN_TOKEN", "s3cret")
+        .env("FALLACY_METRICS_PUBLIC", "true");
+    let public = Child::start(public);
+    let admin = public.admin();
+    assert_eq!(get(admin, "/metrics").0, 200);
+    assert_eq!(get(admin, "/proxies").0, 401);
+
     // The container's other way: no token, a private network.
     let mut insecure = Command::new(env!("CARGO_BIN_EXE_fallacy"));
     insecure

@@ -310,3 +310,126 @@ async fn the_example_app_counts_through_fallacy_and_times_out_under_latency() {
     drop(app);
     drop(redis);
 }
+
+fn kubernetes(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/kubernetes")
+        .join(name)
+}
+
+/// The manifests pass the Kubernetes schemas (kubernetes-validate, strict: no unknown fields).
+#[test]
+fn the_kubernetes_manifests_pass_the_schemas() {
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(kubernetes("fallacy-sidecar.yaml"))
+        .output()
+        .expect("kubernetes-validate is not installed: .ci/run installs it (pip)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The sidecar's pieces agree: the ConfigMap's config passes `fallacy check`, the app points at
+/// the proxy, the probes, annotations and Service use the admin port, and the token comes from
+/// the Secret.
+#[test]
+fn the_kubernetes_sidecar_pieces_agree() {
+    let docs = yaml_documents(&kubernetes("fallacy-sidecar.yaml"));
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+            .clone()
+    };
+    let (config_map, secret, deployment, service) = (
+        kind("ConfigMap"),
+        kind("Secret"),
+        kind("Deployment"),
+        kind("Service"),
+    );
+    let text = config_map["data"]["fallacy.toml"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fallacy.toml"), text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_fallacy"))
+        .arg("check")
+        .arg(dir.path().join("fallacy.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let config: toml::Value = toml::from_str(text).unwrap();
+    let admin_port: u64 = config["admin"]["listen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy_listen = config["proxy"][0]["listen"].as_str().unwrap();
+    assert!(
+        proxy_listen.starts_with("127.0.0.1:"),
+        "the proxy is the pod's own"
+    );
+
+    let pod = &deployment["spec"]["template"];
+    let containers = pod["spec"]["containers"].as_array().unwrap();
+    let app = &containers[0];
+    let sidecar = containers.iter().find(|c| c["name"] == "fallacy").unwrap();
+    let env = |c: &Value, name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no env {name}"))
+            .clone()
+    };
+    assert_eq!(
+        env(app, "DATABASE_ADDR")["value"].as_str().unwrap(),
+        proxy_listen.replace("127.0.0.1", "localhost")
+    );
+    let token = &env(sidecar, "FALLACY_ADMIN_TOKEN")["valueFrom"]["secretKeyRef"];
+    assert_eq!(token["name"], secret["metadata"]["name"]);
+    assert!(
+        secret["stringData"]
+            .get(token["key"].as_str().unwrap())
+            .is_some()
+    );
+    assert_eq!(env(sidecar, "FALLACY_METRICS_PUBLIC")["value"], "true");
+    assert_eq!(sidecar["ports"][0]["containerPort"], admin_port);
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(
+        sidecar["securityContext"]["runAsUser"], 10001,
+        "the image's USER"
+    );
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], admin_port.to_string());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let mount = &sidecar["volumeMounts"][0];
+    assert_eq!(
+        sidecar["args"],
+        json!([
+            "--config",
+            format!("{}/fallacy.toml", mount["mountPath"].as_str().unwrap())
+        ])
+    );
+    assert_eq!(
+        pod["spec"]["volumes"][0]["configMap"]["name"],
+        config_map["metadata"]["name"]
+    );
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(service["spec"]["ports"][0]["port"], admin_port);
+}
