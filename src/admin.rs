@@ -25,6 +25,10 @@
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz`, `/readyz` | 200; `/readyz` 503 until configured listeners are bound |
 //! | POST | `/shutdown` | 204, then a graceful drain |
+//! | GET, PUT | `/log-level` | 200 `{"level":..}`; 400 bad filter; 501 when fallacy's logger is not installed |
+//!
+//! With a token (`FALLACY_ADMIN_TOKEN`) every route but `/healthz` and `/readyz` (and
+//! `/metrics` with `--metrics-public`) answers 401 without `Authorization: Bearer <token>`.
 //!
 //! Errors are `{"error": "...", "status": N}`. Every answer carries `x-request-id`. A browser
 //! (`User-Agent: Mozilla/...`) gets 403 on every Toxiproxy route, as with Toxiproxy, so a web
@@ -180,6 +184,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/reset", post(reset))
         .route("/version", get(version))
+        .route("/log-level", get(log_level_show).put(log_level_set))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod logging;
 pub mod measure;
 pub mod metrics;
 pub mod partition;

@@ -19,6 +19,16 @@ use tokio_util::sync::CancellationToken;
     about = "A fault-injecting TCP proxy with a Toxiproxy-compatible API"
 )]
 struct Cli {
+    /// Log lines as text, or as one JSON object per line. RUST_LOG sets the filter; PUT
+    /// /log-level changes it while serving.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "FALLACY_LOG_FORMAT"
+    )]
+    log_format: fallacy::logging::Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -160,12 +170,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo, scenarios and health print their own output; the servers they start need not
     // announce themselves.
-    init_tracing(
+    fallacy::logging::init(
         if matches!(cli.command, Command::Serve { .. } | Command::Check { .. }) {
             "info"
         } else {
             "warn"
         },
+        cli.log_format,
     );
     match cli.command {
         Command::Health { admin } => health(&admin),
@@ -456,15 +467,4 @@ async fn serve(admin: SocketAddr, config: Config) -> anyhow::Result<()> {
     let _ = stdout.flush();
     server.run_until_shutdown().await;
     Ok(())
-}
-
-fn init_tracing(default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // No colour codes in log files and CI output.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -732,3 +732,23 @@ async fn health_readiness_and_metrics() {
     let (status, _) = f.call_raw("GET", "/metrics", None).await;
     assert_eq!(status, 200);
 }
+
+/// Embedded in another program, fallacy has not installed the logger: the log level is not
+/// its to change.
+#[tokio::test]
+async fn the_log_level_is_not_adjustable_without_fallacys_logger() {
+    let f = Fallacy::start().await;
+    let (status, body) = f.call("GET", "/log-level", None).await;
+    assert_eq!(status, 501, "{body}");
+    let (status, body) = f
+        .call("PUT", "/log-level", Some(r#"{"level":"debug"}"#))
+        .await;
+    assert_eq!(status, 501, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be changed"),
+        "{body}"
+    );
+}

@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Bound on start-up (the first stdout line) and on an exit that is expected.
 const WAIT: Duration = Duration::from_secs(20);
@@ -170,12 +170,18 @@ fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
 
 /// A GET with extra header lines (each ending in CRLF).
 fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, Value) {
+    request(addr, "GET", path, headers, "")
+}
+
+/// Any request, with a body.
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> (u16, Value) {
     let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to the admin API");
     s.set_read_timeout(Some(WAIT)).unwrap();
     s.set_write_timeout(Some(WAIT)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut response = String::new();
@@ -385,6 +391,60 @@ fn an_admin_token_from_the_environment_guards_every_route_but_health() {
     let (code, stderr) = Child::start(empty).exit_code();
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("FALLACY_ADMIN_TOKEN) is empty"), "{stderr}");
+}
+
+/// `--log-format json` writes one JSON object per line; `PUT /log-level` changes the filter
+/// while serving, and refuses what `RUST_LOG` would not take.
+#[test]
+fn logs_go_out_as_json_lines_and_their_level_changes_at_runtime() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fallacy"));
+    command
+        .args(["--log-format", "json", "serve", "--admin", "127.0.0.1:0"])
+        .env("RUST_LOG", "info");
+    let mut server = Child::start(command);
+    let admin = server.admin();
+    assert_eq!(get(admin, "/log-level"), (200, json!({"level": "info"})));
+    let (status, body) = request(admin, "PUT", "/log-level", "", r#"{"level":"debug"}"#);
+    assert_eq!((status, &body), (200, &json!({"level": "debug"})));
+    assert_eq!(get(admin, "/log-level").1, json!({"level": "debug"}));
+    assert_eq!(
+        request(admin, "PUT", "/log-level", "", "warn,fallacy=trace").0,
+        200
+    );
+    for (bad, words) in [
+        (r#"{"level":"loud=="}"#, "level: \"loud==\""),
+        (r#"{"level":5}"#, "level: must be a string"),
+        (r#"{}"#, "level: required"),
+        ("", "level: empty"),
+    ] {
+        let (status, body) = request(admin, "PUT", "/log-level", "", bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(words),
+            "{bad}: {body}"
+        );
+    }
+    assert_eq!(
+        get(admin, "/log-level").1,
+        json!({"level": "warn,fallacy=trace"}),
+        "unchanged"
+    );
+    server.sigterm();
+    server.exit();
+    let stderr = server.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("log level changed")),
+        "the change is logged: {stderr}"
+    );
 }
 
 #[test]

@@ -36,6 +36,9 @@ pub enum Error {
     /// Too few samples (used by extensions).
     #[error("{0}")]
     Unprocessable(String),
+    /// The feature is not available in this process.
+    #[error("{0}")]
+    NotImplemented(String),
     /// An admin token is set and the request did not carry it.
     #[error("{0}")]
     Unauthorized(&'static str),
@@ -57,6 +60,7 @@ impl Error {
             Error::Store(S::Listen { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::BrowserRefused => StatusCode::FORBIDDEN,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }

@@ -371,3 +371,46 @@ pub(super) async fn shutdown(State(st): S) -> StatusCode {
     st.shutdown.cancel();
     StatusCode::NO_CONTENT
 }
+
+/// `GET /log-level`: the log filter in force.
+pub(super) async fn log_level_show() -> Result<Json<Value>> {
+    crate::logging::level()
+        .map(|level| Json(serde_json::json!({ "level": level })))
+        .ok_or_else(|| Error::NotImplemented(crate::logging::LevelError::NotInstalled.to_string()))
+}
+
+/// `PUT /log-level`: `{"level": "debug"}` (or `RUST_LOG` directives), or the bare text.
+pub(super) async fn log_level_set(body: Bytes) -> Result<Json<Value>> {
+    use crate::logging::{LevelError, set_level};
+    let wanted = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => match map.get("level") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                return Err(Error::BadBody(format!(
+                    "level: must be a string such as \"debug\", got {other}"
+                )));
+            }
+            None => {
+                return Err(Error::BadBody(
+                    "level: required, e.g. {\"level\": \"debug\"}".into(),
+                ));
+            }
+        },
+        Ok(Value::String(s)) => s,
+        Ok(other) => {
+            return Err(Error::BadBody(format!(
+                "a log level is {{\"level\": \"debug\"}} or plain text, got {other}"
+            )));
+        }
+        Err(_) => String::from_utf8(body.to_vec())
+            .map_err(|_| Error::BadBody("the body is not UTF-8 text".into()))?,
+    };
+    match set_level(&wanted) {
+        Ok(level) => {
+            tracing::warn!(%level, "log level changed");
+            Ok(Json(serde_json::json!({ "level": level })))
+        }
+        Err(e @ LevelError::Invalid(_)) => Err(Error::BadBody(e.to_string())),
+        Err(e @ LevelError::NotInstalled) => Err(Error::NotImplemented(e.to_string())),
+    }
+}
