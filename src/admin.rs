@@ -25,6 +25,7 @@
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz`, `/readyz` | 200; `/readyz` 503 until configured listeners are bound |
 //! | POST | `/shutdown` | 204, then a graceful drain |
+//! | POST | `/reload` | 200 what changed; 400 invalid file (nothing changes); 409 no config file |
 //! | GET, PUT | `/log-level` | 200 `{"level":..}`; 400 bad filter; 501 when fallacy's logger is not installed |
 //!
 //! With a token (`FALLACY_ADMIN_TOKEN`) every route but `/healthz` and `/readyz` (and
@@ -67,6 +68,8 @@ pub struct AdminState {
     token: Option<Arc<str>>,
     /// `GET /metrics` needs no token (for scrapers that cannot send one).
     metrics_public: bool,
+    /// `POST /reload` reads the config file again (absent without one).
+    reloader: Option<Arc<crate::reload::Reloader>>,
     /// Scenarios started through the API, by name.
     scenarios: Arc<
         tokio::sync::Mutex<std::collections::BTreeMap<String, crate::scenario::runner::Running>>,
@@ -109,9 +112,15 @@ impl AdminState {
             shutdown,
             token: None,
             metrics_public: false,
+            reloader: None,
             audit: Arc::default(),
             scenarios: Arc::default(),
         }
+    }
+
+    /// Lets `POST /reload` read the config file again.
+    pub fn with_reloader(self, reloader: Option<Arc<crate::reload::Reloader>>) -> AdminState {
+        AdminState { reloader, ..self }
     }
 
     /// Requires `Authorization: Bearer <token>` on every route but `/healthz` and `/readyz`
@@ -185,6 +194,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/reset", post(reset))
         .route("/version", get(version))
         .route("/log-level", get(log_level_show).put(log_level_set))
+        .route("/reload", post(reload))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

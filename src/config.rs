@@ -50,6 +50,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// With a token: `GET /metrics` needs none (`--metrics-public`).
     pub metrics_public: bool,
+    /// The file it was read from, for SIGHUP and `POST /reload`.
+    pub source: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             partitions: Vec::new(),
             admin_token: None,
             metrics_public: false,
+            source: None,
         }
     }
 }
@@ -139,9 +142,13 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text, is_json(path, &text)).map_err(|diagnostics| Error::Invalid {
+    let config = parse(&text, is_json(path, &text)).map_err(|diagnostics| Error::Invalid {
         path: path.to_owned(),
         diagnostics,
+    })?;
+    Ok(Config {
+        source: Some(path.to_owned()),
+        ..config
     })
 }
 

@@ -33,6 +33,7 @@ pub mod measure;
 pub mod metrics;
 pub mod partition;
 pub mod proxy;
+pub mod reload;
 pub mod scenario;
 pub mod shutdown;
 pub mod state;
@@ -40,6 +41,7 @@ pub mod timer;
 pub mod toxic;
 pub mod units;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -87,6 +89,8 @@ pub enum RunError {
 pub struct Server {
     /// Where the admin API listens.
     pub admin: std::net::SocketAddr,
+    /// Reloads the config file, when there is one.
+    pub reloader: Option<Arc<reload::Reloader>>,
     /// The store behind the admin API.
     pub store: Store,
     /// Cancel to shut down (what SIGTERM and `POST /shutdown` do).
@@ -136,9 +140,14 @@ impl Server {
                 }
             });
         }
+        let reloader = config
+            .source
+            .clone()
+            .map(|path| Arc::new(reload::Reloader::new(path, &config)));
         let router = admin::router(
             admin::AdminState::new(store.clone(), prometheus, shutdown.clone())
-                .with_token(config.admin_token.clone(), config.metrics_public),
+                .with_token(config.admin_token.clone(), config.metrics_public)
+                .with_reloader(reloader.clone()),
         );
         let stop_admin = shutdown.clone();
         // The admin API is not on the tracker: it must keep answering during the drain.
@@ -154,6 +163,7 @@ impl Server {
             store,
             shutdown,
             admin: admin_addr,
+            reloader,
             grace: config.shutdown_grace,
             tracker,
             accept_root,
@@ -178,6 +188,14 @@ impl Server {
         }
         server.store.set_ready();
         Ok(server)
+    }
+
+    /// Reads the config file again and applies what changed (SIGHUP); `None` without a file.
+    pub async fn reload(&self) -> Option<Result<serde_json::Value, reload::ReloadError>> {
+        match &self.reloader {
+            Some(r) => Some(r.reload(&self.store).await),
+            None => None,
+        }
     }
 
     /// Waits for the shutdown token, then drains: stop accepting, let open connections finish

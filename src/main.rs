@@ -454,6 +454,23 @@ async fn serve(admin: SocketAddr, config: Config) -> anyhow::Result<()> {
 
     // Handlers first, then the ready line: see `Signals`.
     let signals = shutdown::Signals::install();
+    // SIGHUP reloads the config file (when there is one); a bad file is logged and changes
+    // nothing.
+    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    {
+        let server = server.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match server.reload().await {
+                    Some(Ok(report)) => tracing::info!(%report, "SIGHUP: config reloaded"),
+                    Some(Err(err)) => {
+                        tracing::error!(%err, "SIGHUP: config not reloaded; the running one is kept")
+                    }
+                    None => tracing::warn!("SIGHUP: started without --config, nothing to reload"),
+                }
+            }
+        });
+    }
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
         signals.recv().await;

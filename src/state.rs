@@ -516,6 +516,22 @@ impl Store {
             .ok_or(Error::ToxicNotFound)
     }
 
+    /// Sets a checked toxic: replaces the one of that name, or adds it (a config reload).
+    pub async fn put_toxic(&self, proxy: &str, spec: ToxicSpec) -> Result<(), Error> {
+        let mut proxies = self.inner.proxies.lock().await;
+        let entry = proxies.get_mut(proxy).ok_or(Error::ProxyNotFound)?;
+        spec.fits(entry.link.protocol())?;
+        let spec = Arc::new(spec);
+        match entry.toxics.iter_mut().find(|t| t.name == spec.name) {
+            Some(slot) => *slot = spec.clone(),
+            None => entry.toxics.push(spec.clone()),
+        }
+        entry.link.set_toxics(entry.toxics.clone());
+        self.expire_later(proxy, &spec);
+        self.drive_flap(&entry.link, &spec);
+        Ok(())
+    }
+
     /// Adds a toxic. Checks, in Toxiproxy's order: proxy, stream, type, duplicate name, then
     /// attributes. Open connections pick it up at their next chunk.
     pub async fn add_toxic(

@@ -148,11 +148,15 @@ impl Child {
     }
 
     fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("cannot run kill");
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -{name} failed");
     }
 }
 
@@ -445,6 +449,49 @@ fn logs_go_out_as_json_lines_and_their_level_changes_at_runtime() {
         lines.iter().any(|l| l.contains("log level changed")),
         "the change is logged: {stderr}"
     );
+}
+
+/// SIGHUP reloads the config file: a new proxy appears; an invalid file is logged and changes
+/// nothing.
+#[test]
+fn sighup_reloads_the_config_file() {
+    let proxy = |name: &str| {
+        format!(
+            "[[proxy]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:9\"\n"
+        )
+    };
+    let (_dir, path) = config_file("fallacy.toml", &proxy("x"));
+    let server = Child::spawn(&["serve", "--admin", "127.0.0.1:0", "--config", &path]);
+    let admin = server.admin();
+    let names = || -> Vec<String> {
+        get(admin, "/proxies")
+            .1
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(names(), ["x"]);
+    std::fs::write(&path, proxy("x") + &proxy("y")).unwrap();
+    server.signal("HUP");
+    let deadline = std::time::Instant::now() + WAIT;
+    while names() != ["x", "y"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload: {}",
+            server.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::write(&path, "[[proxy]]\nname = 7\n").unwrap();
+    server.signal("HUP");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !server.stderr().contains("config not reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(names(), ["x", "y"], "the running config is kept");
 }
 
 #[test]

@@ -414,3 +414,15 @@ pub(super) async fn log_level_set(body: Bytes) -> Result<Json<Value>> {
         Err(e @ LevelError::NotInstalled) => Err(Error::NotImplemented(e.to_string())),
     }
 }
+
+/// `POST /reload`: reads the config file again and applies what changed since the last load.
+pub(super) async fn reload(State(st): S) -> Result<Json<Value>> {
+    let reloader = st.reloader.as_ref().ok_or_else(|| {
+        Error::Conflict("fallacy was started without --config: there is no file to reload".into())
+    })?;
+    reloader
+        .reload(&st.store)
+        .await
+        .map(Json)
+        .map_err(|e| Error::BadBody(format!("the config file was not applied: {e}")))
+}
