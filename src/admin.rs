@@ -25,6 +25,7 @@
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/healthz`, `/readyz` | 200; `/readyz` 503 until configured listeners are bound |
 //! | POST | `/shutdown` | 204, then a graceful drain |
+//! | GET | `/openapi.json` | 200, an OpenAPI 3.1 description of every route |
 //! | POST | `/reload` | 200 what changed; 400 invalid file (nothing changes); 409 no config file |
 //! | GET, PUT | `/log-level` | 200 `{"level":..}`; 400 bad filter; 501 when fallacy's logger is not installed |
 //!
@@ -37,6 +38,7 @@
 
 mod dto;
 mod error;
+pub mod openapi;
 mod routes;
 
 use std::collections::VecDeque;
@@ -199,6 +201,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/shutdown", post(shutdown))
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(openapi::document()) }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
@@ -310,7 +316,7 @@ fn is_browser(request: &Request) -> bool {
 fn is_read_only_extension(request: &Request) -> bool {
     let path = request.uri().path();
     request.method() == Method::GET
-        && (matches!(path, "/metrics" | "/healthz" | "/readyz")
+        && (matches!(path, "/metrics" | "/healthz" | "/readyz" | "/openapi.json")
             || (path.starts_with("/proxies/")
                 && (path.ends_with("/stats") || path.ends_with("/timeout-advice"))))
 }
