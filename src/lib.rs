@@ -25,7 +25,9 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod client;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod http;
 pub mod logging;

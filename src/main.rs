@@ -89,6 +89,15 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8474")]
         admin: String,
     },
+    /// Drive a running fallacy (or a fleet of them) through its admin API.
+    Ctl(fallacy::ctl::CtlArgs),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `fallacy man > fallacy.1`.
+    Man,
     /// Fault timelines: play one with load and write a report, or check one.
     Scenario {
         #[command(subcommand)]
@@ -179,6 +188,24 @@ fn main() -> ExitCode {
         cli.log_format,
     );
     match cli.command {
+        Command::Ctl(args) => ctl(&args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "fallacy", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                // `fallacy man | head` is not a failure.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fallacy man: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Health { admin } => health(&admin),
         Command::Scenario { action } => scenario(action),
         Command::Check { file } => check(&file),
@@ -364,6 +391,36 @@ fn scenario(action: ScenarioCommand) -> ExitCode {
                 }
                 Err(f) => failed(f),
             }
+        }
+    }
+}
+
+fn ctl(args: &fallacy::ctl::CtlArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("fallacy ctl: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(fallacy::ctl::run(args)) {
+        Ok(out) => {
+            print!("{}", out.text);
+            for e in &out.errors {
+                eprintln!("fallacy ctl: {e}");
+            }
+            if out.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("fallacy ctl: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

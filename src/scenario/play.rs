@@ -20,12 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::process::Child;
@@ -33,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lab::{self, Load};
 use super::{Scenario, report};
+use crate::client::{Admin, target_base};
 use crate::config;
 
 /// What to play, against what, with what load.
@@ -90,86 +86,10 @@ pub struct Outcome {
     pub command_failed: bool,
 }
 
-/// How long an admin call may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a command has to show it started: one that ends sooner failed to start.
 const START_GRACE: Duration = Duration::from_millis(300);
 /// How long a command has to end after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-/// A client of the admin API.
-struct Admin {
-    base: String,
-    token: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Admin {
-    fn new(base: String, token: Option<String>) -> Admin {
-        Admin {
-            base,
-            token,
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(StatusCode, Value)> {
-        let mut request = http::Request::builder()
-            .method(method.clone())
-            .uri(format!("{}{path}", self.base))
-            .header(http::header::CONTENT_TYPE, "application/json");
-        if let Some(token) = &self.token {
-            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = request.body(Full::new(Bytes::from(
-            body.map(Value::to_string).unwrap_or_default(),
-        )))?;
-        let call = async {
-            let response = self.client.request(request).await?;
-            let status = response.status();
-            let bytes = response.into_body().collect().await?.to_bytes();
-            let value = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-            anyhow::Ok((status, value))
-        };
-        tokio::time::timeout(CALL_TIMEOUT, call)
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "{method} {}{path}: no answer in {CALL_TIMEOUT:?}",
-                    self.base
-                )
-            })?
-            .with_context(|| format!("{method} {}{path}", self.base))
-    }
-}
-
-/// `http://host:port` from `host:port` or a URL; only plain HTTP.
-pub fn target_base(target: &str) -> anyhow::Result<String> {
-    let with_scheme = if target.contains("://") {
-        target.to_owned()
-    } else {
-        format!("http://{target}")
-    };
-    let uri: hyper::Uri = with_scheme
-        .parse()
-        .map_err(|e| anyhow!("--target {target:?}: not a URL or host:port ({e})"))?;
-    if uri.scheme_str() != Some("http") {
-        anyhow::bail!("--target {target:?}: the admin API speaks plain http://");
-    }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| anyhow!("--target {target:?}: no host:port"))?;
-    if authority.port().is_none() {
-        anyhow::bail!("--target {target:?}: give the port, e.g. 127.0.0.1:8474");
-    }
-    Ok(format!("http://{authority}"))
-}
 
 /// The environment a load command gets: where the admin API and each proxy listen.
 fn command_env(admin: &str, proxies: &Value) -> BTreeMap<String, String> {
