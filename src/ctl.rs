@@ -686,22 +686,18 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn toxic_rows(toxics: &Value) -> Vec<Vec<String>> {
-    toxics
+/// A JSON array as a table: one row per element, one column per key.
+fn array_table(v: &Value, head: &[&str], keys: &[&str]) -> String {
+    let rows: Vec<Vec<String>> = v
         .as_array()
         .into_iter()
         .flatten()
-        .map(|t| {
-            vec![
-                s(&t["name"]),
-                s(&t["type"]),
-                s(&t["stream"]),
-                s(&t["toxicity"]),
-                s(&t["attributes"]),
-            ]
-        })
-        .collect()
+        .map(|item| keys.iter().map(|k| s(&item[*k])).collect())
+        .collect();
+    table(head, &rows)
 }
+
+const TOXIC_KEYS: [&str; 5] = ["name", "type", "stream", "toxicity", "attributes"];
 
 const TOXIC_HEAD: [&str; 5] = ["NAME", "TYPE", "STREAM", "TOXICITY", "ATTRIBUTES"];
 
@@ -735,49 +731,25 @@ fn render(command: &Ctl, v: &Value) -> String {
                 .collect();
             table(&["NAME", "LISTEN", "UPSTREAM", "ENABLED", "TOXICS"], &rows)
         }
-        Ctl::Toxic(ToxicCmd::List { .. }) => table(&TOXIC_HEAD, &toxic_rows(v)),
+        Ctl::Toxic(ToxicCmd::List { .. }) => array_table(v, &TOXIC_HEAD, &TOXIC_KEYS),
         Ctl::Show { .. } => {
             let mut out = String::new();
             for key in ["name", "listen", "upstream", "enabled"] {
                 out.push_str(&format!("{key}: {}\n", s(&v[key])));
             }
-            out.push_str(&table(&TOXIC_HEAD, &toxic_rows(&v["toxics"])));
+            out.push_str(&array_table(&v["toxics"], &TOXIC_HEAD, &TOXIC_KEYS));
             out
         }
-        Ctl::Partition(PartitionCmd::List) => {
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    vec![
-                        s(&p["name"]),
-                        s(&p["a"]),
-                        s(&p["b"]),
-                        s(&p["direction"]),
-                        s(&p["mode"]),
-                        s(&p["proxies"]),
-                    ]
-                })
-                .collect();
-            table(&["NAME", "A", "B", "DIRECTION", "MODE", "CUTS"], &rows)
-        }
-        Ctl::Scenario(ScenarioCmd::List) => {
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    vec![
-                        s(&p["name"]),
-                        s(&p["state"]),
-                        s(&p["phase"]),
-                        format!("{:.1} s", p["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0),
-                    ]
-                })
-                .collect();
-            table(&["NAME", "STATE", "PHASE", "ELAPSED"], &rows)
-        }
+        Ctl::Partition(PartitionCmd::List) => array_table(
+            v,
+            &["NAME", "A", "B", "DIRECTION", "MODE", "CUTS"],
+            &["name", "a", "b", "direction", "mode", "proxies"],
+        ),
+        Ctl::Scenario(ScenarioCmd::List) => array_table(
+            v,
+            &["NAME", "STATE", "PHASE", "ELAPSED MS"],
+            &["name", "state", "phase", "elapsed_ms"],
+        ),
         Ctl::Version => format!("{}\n", s(&v["version"])),
         Ctl::LogLevel { .. } => format!("{}\n", s(&v["level"])),
         Ctl::Health => format!("{}\n", s(&v["status"])),

@@ -148,44 +148,44 @@ fn the_compose_files_agree_with_each_other() {
     );
 }
 
+/// Runs a checking tool and asserts it passed, showing what it said; `missing` says how to get
+/// the tool.
+fn passes(command: &mut Command, missing: &str) {
+    let out = command.output().expect(missing);
+    assert!(
+        out.status.success(),
+        "{command:?}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn prometheus_and_fallacy_accept_their_configs() {
-    let promtool = Command::new("promtool")
-        .args(["check", "config"])
-        .arg(example("prometheus.yml"))
-        .output()
-        .expect("promtool is not installed: .ci/run installs Debian's prometheus");
-    assert!(
-        promtool.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&promtool.stdout),
-        String::from_utf8_lossy(&promtool.stderr)
+    passes(
+        Command::new("promtool")
+            .args(["check", "config"])
+            .arg(example("prometheus.yml")),
+        "promtool is not installed: .ci/run installs Debian's prometheus",
     );
-    let check = Command::new(env!("CARGO_BIN_EXE_fallacy"))
-        .arg("check")
-        .arg(example("fallacy.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
+    let fallacy = env!("CARGO_BIN_EXE_fallacy");
+    passes(
+        Command::new(fallacy)
+            .arg("check")
+            .arg(example("fallacy.toml")),
+        "the fallacy binary",
     );
     // The README's scenario fits the example's proxies.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("fallacy.toml");
     std::fs::write(&config, on_loopback("127.0.0.1:9")).unwrap();
-    let scenario = Command::new(env!("CARGO_BIN_EXE_fallacy"))
-        .args(["scenario", "check"])
-        .arg(example("redis-brownout.toml"))
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        scenario.status.success(),
-        "{}",
-        String::from_utf8_lossy(&scenario.stderr)
+    passes(
+        Command::new(fallacy)
+            .args(["scenario", "check"])
+            .arg(example("redis-brownout.toml"))
+            .arg("--config")
+            .arg(&config),
+        "the fallacy binary",
     );
 }
 
@@ -320,16 +320,11 @@ fn kubernetes(name: &str) -> PathBuf {
 /// The manifests pass the Kubernetes schemas (kubernetes-validate, strict: no unknown fields).
 #[test]
 fn the_kubernetes_manifests_pass_the_schemas() {
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "--quiet"])
-        .arg(kubernetes("fallacy-sidecar.yaml"))
-        .output()
-        .expect("kubernetes-validate is not installed: .ci/run installs it (pip)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    passes(
+        Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet"])
+            .arg(kubernetes("fallacy-sidecar.yaml")),
+        "kubernetes-validate is not installed: .ci/run installs it (pip)",
     );
 }
 
@@ -354,15 +349,11 @@ fn the_kubernetes_sidecar_pieces_agree() {
     let text = config_map["data"]["fallacy.toml"].as_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("fallacy.toml"), text).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_fallacy"))
-        .arg("check")
-        .arg(dir.path().join("fallacy.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
+    passes(
+        Command::new(env!("CARGO_BIN_EXE_fallacy"))
+            .arg("check")
+            .arg(dir.path().join("fallacy.toml")),
+        "the fallacy binary",
     );
     let config: toml::Value = toml::from_str(text).unwrap();
     let admin_port: u64 = config["admin"]["listen"]

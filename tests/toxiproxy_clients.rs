@@ -18,62 +18,58 @@ use tokio::process::Command;
 /// Each script bounds itself at 30 s; this is the outer bound.
 const LIMIT: Duration = Duration::from_secs(60);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn toxiproxy_python_full_workflow() {
+/// Runs a client's workflow script (`program script http://admin`) against a fresh fallacy and
+/// asserts it passed; `hint` says how to install the client.
+async fn workflow(program: &str, script: &str, client: &str, hint: &str) {
     let f = Fallacy::start().await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/compat/toxiproxy_python_workflow.py"
-    );
-    let child = Command::new("python3")
+    let child = Command::new(program)
         .arg(script)
         .arg(format!("http://{}", f.admin))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("python3 is needed for the Toxiproxy client tests");
+        .unwrap_or_else(|e| panic!("{program} is needed for the {client} test: {e}"));
     let out = tokio::time::timeout(LIMIT, child.wait_with_output())
         .await
-        .expect("the toxiproxy-python workflow hung")
+        .unwrap_or_else(|_| panic!("the {client} workflow hung"))
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "toxiproxy-python workflow failed ({}); install the client with `.ci/run` or \
-         `pip install toxiproxy-python`\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        "{client} workflow failed ({}); install the client with `.ci/run` or `{hint}`\n\
+         --- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toxiproxy_python_full_workflow() {
+    workflow(
+        "python3",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/compat/toxiproxy_python_workflow.py"
+        ),
+        "toxiproxy-python",
+        "pip install toxiproxy-python",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn toxiproxy_node_full_workflow() {
-    let f = Fallacy::start().await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/compat/node/workflow.mjs"
-    );
-    let child = Command::new("node")
-        .arg(script)
-        .arg(format!("http://{}", f.admin))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node is needed for the Toxiproxy client tests");
-    let out = tokio::time::timeout(LIMIT, child.wait_with_output())
-        .await
-        .expect("the toxiproxy-node-client workflow hung")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "toxiproxy-node-client workflow failed ({}); install the client with `.ci/run` or \
-         `npm ci --prefix tests/compat/node`\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
+    workflow(
+        "node",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/compat/node/workflow.mjs"
+        ),
+        "toxiproxy-node-client",
+        "npm ci --prefix tests/compat/node",
+    )
+    .await;
 }
 
 /// The real Chaos Toolkit CLI runs `tests/compat/chaostoolkit/experiment.json` against fallacy:
