@@ -111,3 +111,15 @@ pub fn target_base(target: &str) -> anyhow::Result<String> {
     }
     Ok(format!("http://{authority}"))
 }
+
+/// A name as one path segment, percent-encoded (proxy and scenario names may hold anything).
+pub fn segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -15,7 +15,7 @@ use clap::{Args, Subcommand};
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
-use crate::client::{Admin, target_base};
+use crate::client::{Admin, segment as seg, target_base};
 
 /// Where and how.
 #[derive(Debug, Args)]
@@ -312,18 +312,6 @@ fn call(method: Method, path: impl Into<String>) -> Call {
 fn with(mut c: Call, body: Value) -> Call {
     c.body = Some(body);
     c
-}
-
-/// A path segment, percent-encoded.
-fn seg(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `KEY=VALUE` pairs as a JSON object; values that parse as JSON are taken as such.

@@ -396,7 +396,7 @@ pub async fn run(o: RunOptions) -> Result<Outcome, Failure> {
             }
         ),
     );
-    let path = format!("/scenarios/{}", percent(&scenario.name));
+    let path = format!("/scenarios/{}", crate::client::segment(&scenario.name));
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
@@ -475,18 +475,6 @@ pub async fn run(o: RunOptions) -> Result<Outcome, Failure> {
         files,
         command_failed,
     })
-}
-
-/// A name as a path segment.
-fn percent(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `fallacy scenario check`: the file, then its changes against the lab or a config, without
