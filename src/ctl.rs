@@ -73,6 +73,12 @@ pub enum Ctl {
         /// Create it disabled.
         #[arg(long)]
         disabled: bool,
+        /// The node its clients are on (labels.from), for partitions.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// The node its upstream is on (labels.to).
+        #[arg(long, requires = "from")]
+        to: Option<String>,
     },
     /// Change a proxy's listen address or upstream.
     Update {
@@ -346,11 +352,16 @@ fn request(command: &Ctl) -> anyhow::Result<Call> {
             upstream,
             protocol,
             disabled,
+            from,
+            to,
         } => {
             let mut body =
                 json!({"name": name, "listen": listen, "upstream": upstream, "enabled": !disabled});
             if let Some(p) = protocol {
                 body["protocol"] = json!(p);
+            }
+            if let (Some(from), Some(to)) = (from, to) {
+                body["labels"] = json!({"from": from, "to": to});
             }
             with(call(M::POST, "/proxies"), body)
         }
@@ -888,6 +899,8 @@ mod tests {
                 upstream: "127.0.0.1:9".into(),
                 protocol: None,
                 disabled: false,
+                from: None,
+                to: None,
             },
             Ctl::Update {
                 proxy: p(),
