@@ -31,9 +31,10 @@ pub struct CtlArgs {
         value_delimiter = ','
     )]
     pub targets: Vec<String>,
-    /// Bearer token, when the admin API wants one.
+    /// Bearer token, when the admin API wants one (also `--admin-token`, as `serve` spells it).
     #[arg(
         long,
+        alias = "admin-token",
         value_name = "TOKEN",
         env = "FALLACY_ADMIN_TOKEN",
         hide_env_values = true

@@ -6,8 +6,8 @@
 //! - A proxy whose settings changed is updated in place (listen, upstream, enabled, HTTP
 //!   options, measurement settings: open connections stay, as with `POST /proxies/{p}`); a
 //!   change of protocol, labels or upstream set recreates it.
-//! - Toxics are compared by name against the last load: gone ones are removed, new or changed
-//!   ones set. Toxics added through the API under other names stay.
+//! - Toxics are compared against the last load: those whose name is gone are removed, new or
+//!   changed ones set. Toxics added through the API under other names stay.
 //! - Partitions likewise, by name.
 //! - A proxy whose entry did not change is not touched: it keeps its connections, and whatever
 //!   the API did to it.
@@ -41,18 +41,6 @@ pub enum ReloadError {
     /// The file could not be read or is invalid; the running config is kept.
     #[error("{0}")]
     Invalid(String),
-}
-
-fn toxics_json(p: &ProxyConfig) -> Vec<(String, Value)> {
-    p.toxics
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                serde_json::to_value(t).unwrap_or(Value::Null),
-            )
-        })
-        .collect()
 }
 
 /// The settings that differ, as a `ProxyPatch` (a listen address that did not change in the
@@ -137,7 +125,7 @@ impl Reloader {
                 }
                 continue;
             };
-            if old.proxy == p.proxy && toxics_json(old) == toxics_json(p) {
+            if old == p {
                 unchanged.push(name);
                 done.proxies.push(p.clone());
                 continue;
@@ -224,19 +212,18 @@ async fn apply_changed(
     if o != n {
         store.update(&n.name, patch_for(o, n)).await?;
     }
-    let (old_toxics, new_toxics) = (toxics_json(old), toxics_json(new));
-    for (name, _) in &old_toxics {
-        if !new_toxics.iter().any(|(n, _)| n == name) {
-            match store.remove_toxic(&n.name, name).await {
-                Ok(()) | Err(StoreError::ToxicNotFound) => {}
-                Err(e) => return Err(e),
-            }
+    for gone in old
+        .toxics
+        .iter()
+        .filter(|t| !new.toxics.iter().any(|s| s.name == t.name))
+    {
+        match store.remove_toxic(&n.name, &gone.name).await {
+            Ok(()) | Err(StoreError::ToxicNotFound) => {}
+            Err(e) => return Err(e),
         }
     }
-    for (spec, (name, json)) in new.toxics.iter().zip(&new_toxics) {
-        if !old_toxics.iter().any(|(n, j)| n == name && j == json) {
-            store.put_toxic(&n.name, spec.clone()).await?;
-        }
+    for spec in new.toxics.iter().filter(|s| !old.toxics.contains(s)) {
+        store.put_toxic(&n.name, spec.clone()).await?;
     }
     Ok(())
 }

@@ -516,6 +516,14 @@ impl Store {
             .ok_or(Error::ToxicNotFound)
     }
 
+    /// A toxic has just been put in `entry.toxics`: publish the list to open connections, and
+    /// start its ttl and its flap driver.
+    fn installed(&self, proxy: &str, entry: &Entry, spec: &Arc<ToxicSpec>) {
+        entry.link.set_toxics(entry.toxics.clone());
+        self.expire_later(proxy, spec);
+        self.drive_flap(&entry.link, spec);
+    }
+
     /// Sets a checked toxic: replaces the one of that name, or adds it (a config reload).
     pub async fn put_toxic(&self, proxy: &str, spec: ToxicSpec) -> Result<(), Error> {
         let mut proxies = self.inner.proxies.lock().await;
@@ -526,9 +534,7 @@ impl Store {
             Some(slot) => *slot = spec.clone(),
             None => entry.toxics.push(spec.clone()),
         }
-        entry.link.set_toxics(entry.toxics.clone());
-        self.expire_later(proxy, &spec);
-        self.drive_flap(&entry.link, &spec);
+        self.installed(proxy, entry, &spec);
         Ok(())
     }
 
@@ -548,9 +554,7 @@ impl Store {
         let spec = Arc::new(envelope.into_spec(head)?);
         spec.fits(entry.link.protocol())?;
         entry.toxics.push(spec.clone());
-        entry.link.set_toxics(entry.toxics.clone());
-        self.expire_later(proxy, &spec);
-        self.drive_flap(&entry.link, &spec);
+        self.installed(proxy, entry, &spec);
         Ok(spec)
     }
 
@@ -571,9 +575,7 @@ impl Store {
         let spec = Arc::new(slot.patched(&patch)?);
         spec.fits(entry.link.protocol())?;
         *slot = spec.clone();
-        entry.link.set_toxics(entry.toxics.clone());
-        self.expire_later(proxy, &spec);
-        self.drive_flap(&entry.link, &spec);
+        self.installed(proxy, entry, &spec);
         Ok(spec)
     }
 

@@ -387,36 +387,34 @@ async fn tcp_requests_show_their_latency_and_injected_delay() {
     .await;
     let mut s = connect(addr).await;
     round_trip(&mut s, b"ping").await;
-    f.expect(
-        r#"fallacy_injected_delay_seconds_bucket{proxy="tcp-latency",le="0.025"}"#,
-        1.0,
-    )
-    .await;
-    f.expect(
-        r#"fallacy_injected_delay_seconds_bucket{proxy="tcp-latency",le="0.01"}"#,
-        0.0,
-    )
-    .await;
-    f.expect(
-        r#"fallacy_client_observed_seconds_count{proxy="tcp-latency"}"#,
-        1.0,
-    )
-    .await;
-    f.expect(
-        r#"fallacy_upstream_response_seconds_count{proxy="tcp-latency"}"#,
-        1.0,
-    )
-    .await;
-    f.expect(
-        r#"fallacy_client_observed_seconds_bucket{proxy="tcp-latency",le="0.01"}"#,
-        0.0,
-    )
-    .await;
-    f.expect(
-        r#"fallacy_upstream_response_seconds_bucket{proxy="tcp-latency",le="0.01"}"#,
-        1.0,
-    )
-    .await;
+    for (series, value) in [
+        (
+            r#"fallacy_injected_delay_seconds_bucket{proxy="tcp-latency",le="0.025"}"#,
+            1.0,
+        ),
+        (
+            r#"fallacy_injected_delay_seconds_bucket{proxy="tcp-latency",le="0.01"}"#,
+            0.0,
+        ),
+        (
+            r#"fallacy_client_observed_seconds_count{proxy="tcp-latency"}"#,
+            1.0,
+        ),
+        (
+            r#"fallacy_upstream_response_seconds_count{proxy="tcp-latency"}"#,
+            1.0,
+        ),
+        (
+            r#"fallacy_client_observed_seconds_bucket{proxy="tcp-latency",le="0.01"}"#,
+            0.0,
+        ),
+        (
+            r#"fallacy_upstream_response_seconds_bucket{proxy="tcp-latency",le="0.01"}"#,
+            1.0,
+        ),
+    ] {
+        f.expect(series, value).await;
+    }
 }
 
 /// A running scenario's phase is a gauge with a `phase` label: 1 in it, 0 once left.

@@ -436,13 +436,7 @@ impl Half {
                     match read_chunk(src, &mut buf) {
                         Ok(0) => {
                             pool::give(mem::take(&mut buf));
-                            if let Some(track) = shared.track {
-                                match self.dir {
-                                    Direction::Upstream => track.client_fin(),
-                                    Direction::Downstream => track.upstream_ended(shared.link),
-                                }
-                            }
-                            self.on_eof(Instant::now());
+                            self.source_ended(shared);
                         }
                         Ok(n) => {
                             self.bytes.increment(n as u64);
@@ -491,6 +485,17 @@ impl Half {
         }
     }
 
+    /// The source sent its FIN: tell the tracker, then let the chain decide what to do with it.
+    fn source_ended(&mut self, shared: &Shared<'_>) {
+        if let Some(track) = shared.track {
+            match self.dir {
+                Direction::Upstream => track.client_fin(),
+                Direction::Downstream => track.upstream_ended(shared.link),
+            }
+        }
+        self.on_eof(Instant::now());
+    }
+
     /// One chunk by splice(2): source to a pipe, then all of it from the pipe to the
     /// destination before anything else happens, so the pipe is empty again whenever the half
     /// looks at its toxics. `Some` when the half ends.
@@ -517,13 +522,7 @@ impl Half {
         match (got, res) {
             (Some(0), _) => {
                 pipes::give(pipe);
-                if let Some(track) = shared.track {
-                    match self.dir {
-                        Direction::Upstream => track.client_fin(),
-                        Direction::Downstream => track.upstream_ended(shared.link),
-                    }
-                }
-                self.on_eof(Instant::now());
+                self.source_ended(shared);
                 None
             }
             (Some(n), _) => {
@@ -897,41 +896,45 @@ fn read_chunk<S: Socket>(src: &S, buf: &mut BytesMut) -> io::Result<usize> {
 /// Writes all of `data`, or fails; gives up at once when `stop` fires.
 async fn write_all<D: Socket>(
     dst: &D,
-    mut data: &[u8],
+    data: &[u8],
     stop: &CancellationToken,
 ) -> Result<(), WriteError> {
-    while !data.is_empty() {
-        match dst.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => return Err(WriteError::Stopped),
-                    ready = dst.writable() => ready.map_err(WriteError::Io)?,
-                }
-            }
-            Err(err) => return Err(WriteError::Io(err)),
-        }
-    }
-    Ok(())
+    let total = data.len();
+    push(dst, total, stop, |left| {
+        dst.try_write(&data[total - left..])
+    })
+    .await
 }
 
 /// Moves `left` bytes from the pipe to `dst`, or fails; gives up at once when `stop` fires.
 async fn splice_out<D: Socket>(
     pipe: &pipes::Pipe,
     dst: &D,
-    mut left: usize,
+    left: usize,
     stop: &CancellationToken,
 ) -> Result<(), WriteError> {
-    while left > 0 {
-        let moved = dst.try_io(Interest::WRITABLE, || {
+    push(dst, left, stop, |left| {
+        dst.try_io(Interest::WRITABLE, || {
             pipes::splice(pipe.read.as_fd(), dst.as_fd(), left)
-        });
-        match moved {
+        })
+    })
+    .await
+}
+
+/// Runs `step(bytes left)` (a non-blocking write of some of them) until none are left, waiting
+/// for `dst` to drain between refusals.
+async fn push<D: Socket>(
+    dst: &D,
+    mut left: usize,
+    stop: &CancellationToken,
+    mut step: impl FnMut(usize) -> io::Result<usize>,
+) -> Result<(), WriteError> {
+    while left > 0 {
+        match step(left) {
             Ok(0) => {
                 return Err(WriteError::Io(io::Error::new(
                     io::ErrorKind::WriteZero,
-                    "splice moved nothing to a writable socket",
+                    "a writable socket took nothing",
                 )));
             }
             Ok(n) => left -= n,

@@ -126,7 +126,7 @@ fn read(file: &Path) -> Result<(Scenario, Value), Failure> {
 }
 
 /// Where the scenario plays: a server someone else runs, or one in this process.
-struct Server {
+struct Target {
     admin: Admin,
     described: String,
     /// Set for the lab: where its built-in client sends load.
@@ -134,7 +134,7 @@ struct Server {
     _embedded: Option<crate::Server>,
 }
 
-async fn server(o: &RunOptions, stop: &CancellationToken) -> Result<Server, Failure> {
+async fn target(o: &RunOptions, stop: &CancellationToken) -> Result<Target, Failure> {
     if let Some(target) = &o.target {
         let base = target_base(target).map_err(input)?;
         let admin = Admin::new(base.clone(), o.admin_token.clone());
@@ -162,7 +162,7 @@ async fn server(o: &RunOptions, stop: &CancellationToken) -> Result<Server, Fail
                 "--target {base}: GET /version answered {status}; is it a fallacy admin API?"
             )));
         }
-        return Ok(Server {
+        return Ok(Target {
             admin,
             described: format!("the server at {base}"),
             lab_proxy: None,
@@ -196,7 +196,7 @@ async fn server(o: &RunOptions, stop: &CancellationToken) -> Result<Server, Fail
                 .context("the lab proxy's address")?,
         ),
     };
-    Ok(Server {
+    Ok(Target {
         admin: Admin::new(format!("http://{}", embedded.admin), None),
         described,
         lab_proxy,
@@ -340,7 +340,7 @@ pub async fn run(o: RunOptions) -> Result<Outcome, Failure> {
         .map_err(|e| input(anyhow!("--out {}: cannot create: {e}", o.out.display())))?;
     let stop = CancellationToken::new();
     let _stop_on_exit = stop.clone().drop_guard();
-    let server = server(&o, &stop).await?;
+    let server = target(&o, &stop).await?;
     let admin = &server.admin;
     let (_, proxies) = admin.call(Method::GET, "/proxies", None).await?;
 
