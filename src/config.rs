@@ -41,6 +41,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Drain period on shutdown.
     pub shutdown_grace: Duration,
+    /// The most connections all proxies hold together; `None` is "auto": what the open-file
+    /// limit allows (see [`crate::limits`]); 0 is no limit.
+    pub max_connections: Option<u64>,
     /// Proxies to create at start, with their toxics.
     pub proxies: Vec<ProxyConfig>,
     /// Partitions in force from the start (validated; the API's JSON shape).
@@ -62,6 +65,7 @@ impl Default for Config {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_connections: None,
             proxies: Vec::new(),
             partitions: Vec::new(),
             admin_token: None,
@@ -202,6 +206,7 @@ struct RawServer {
     connect_timeout: Option<Spanned<String>>,
     header_read_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    max_connections: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -232,6 +237,8 @@ struct RawProxy {
     idempotency_headers: Option<Spanned<toml::Value>>,
     #[serde(default)]
     price_per_gb: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    max_connections: Option<Spanned<toml::Value>>,
     #[serde(default)]
     labels: Option<Spanned<toml::Value>>,
     #[serde(default)]
@@ -365,6 +372,22 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
             "server.shutdown_grace",
             DEFAULT_SHUTDOWN_GRACE,
         );
+        if let Some(raw) = server.max_connections {
+            match raw.get_ref() {
+                toml::Value::Integer(n) if (0..=crate::measure::MAX_CONNECTIONS_LIMIT as i64).contains(n) => {
+                    config.max_connections = Some(*n as u64);
+                }
+                toml::Value::String(s) if s == "auto" => {}
+                other => c.at(
+                    raw.span().start,
+                    "server.max_connections",
+                    format!(
+                        "{other} is not a connection limit: an integer from 0 (no limit) to {}, or \"auto\" (from the open-file limit)",
+                        crate::measure::MAX_CONNECTIONS_LIMIT
+                    ),
+                ),
+            }
+        }
     }
     for (i, raw_proxy) in raw.proxy.into_iter().enumerate() {
         let proxy_at = raw_proxy.span().start;
@@ -455,6 +478,7 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
             ("retry_window", &p.retry_window),
             ("idempotency_headers", &p.idempotency_headers),
             ("price_per_gb", &p.price_per_gb),
+            ("max_connections", &p.max_connections),
         ] {
             if let Some(raw) = raw {
                 let value = serde_json::to_value(raw.get_ref()).unwrap_or(Value::Null);

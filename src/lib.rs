@@ -30,6 +30,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod http;
+pub mod limits;
 pub mod logging;
 pub mod measure;
 pub mod metrics;
@@ -117,10 +118,20 @@ impl Server {
         let tracker = TaskTracker::new();
         let accept_root = CancellationToken::new();
         let conn_root = CancellationToken::new();
+        let nofile = limits::raise_nofile();
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(|| limits::auto_max_connections(nofile).unwrap_or(0));
+        tracing::info!(
+            max_connections,
+            open_file_limit = nofile,
+            "connection limit for all proxies together (0: none)"
+        );
         let settings = Settings {
             seed: config.seed,
             connect_timeout: config.connect_timeout,
             header_read_timeout: config.header_read_timeout,
+            total: Arc::new(limits::Total::new(max_connections)),
         };
         let store = Store::new(
             settings,

@@ -51,6 +51,8 @@ pub const DEFAULT_IDEMPOTENCY_HEADERS: [&str; 2] = ["idempotency-key", "x-reques
 const MAX_IDEMPOTENCY_HEADERS: usize = 16;
 /// The highest `price_per_gb` accepted: far above any real tariff, far from overflow.
 pub const MAX_PRICE_PER_GB: f64 = 1e6;
+/// The highest connection limit accepted: beyond any file-descriptor limit Linux allows.
+pub const MAX_CONNECTIONS_LIMIT: u64 = 100_000_000;
 /// Bytes of a request body that go into its fingerprint.
 pub const BODY_HASH_LIMIT: usize = 64 * 1024;
 
@@ -65,6 +67,9 @@ pub struct MeasureSettings {
     pub idempotency_headers: Vec<HeaderName>,
     /// What a gigabyte (10^9 bytes, both directions) costs, for `transport_cost_total`.
     pub price_per_gb: f64,
+    /// The most connections the proxy holds at once; 0 is no limit of its own. Kept with the
+    /// measurement settings because it shares their path: API, config, reload, read per accept.
+    pub max_connections: u64,
 }
 
 impl Default for MeasureSettings {
@@ -77,6 +82,7 @@ impl Default for MeasureSettings {
                 .map(|h| HeaderName::from_static(h))
                 .collect(),
             price_per_gb: 0.0,
+            max_connections: 0,
         }
     }
 }
@@ -92,15 +98,18 @@ pub struct MeasurePatch {
     pub idempotency_headers: Option<Vec<HeaderName>>,
     /// New price per GB.
     pub price_per_gb: Option<f64>,
+    /// New connection limit (0: none).
+    pub max_connections: Option<u64>,
 }
 
 impl MeasurePatch {
     /// The keys this reads, as the API, populate files and TOML spell them.
-    pub const KEYS: [&'static str; 4] = [
+    pub const KEYS: [&'static str; 5] = [
         "abandon_grace",
         "retry_window",
         "idempotency_headers",
         "price_per_gb",
+        "max_connections",
     ];
 
     /// Sets one key from its JSON value (TOML values are converted first). Durations are a
@@ -145,6 +154,19 @@ impl MeasurePatch {
                 }
                 None => return Err(format!("{value} is not a number (a price per 10^9 bytes)")),
             },
+            "max_connections" => match value.as_u64() {
+                Some(n) if n <= MAX_CONNECTIONS_LIMIT => self.max_connections = Some(n),
+                Some(n) => {
+                    return Err(format!(
+                        "{n} is out of range: 0 (no limit) to {MAX_CONNECTIONS_LIMIT}"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "{value} is not a connection count (an integer, 0 for no limit)"
+                    ));
+                }
+            },
             other => return Err(format!("unknown measurement key {other:?}")),
         }
         Ok(())
@@ -174,6 +196,7 @@ impl MeasurePatch {
                 .clone()
                 .unwrap_or_else(|| to.idempotency_headers.clone()),
             price_per_gb: self.price_per_gb.unwrap_or(to.price_per_gb),
+            max_connections: self.max_connections.unwrap_or(to.max_connections),
         }
     }
 }

@@ -13,6 +13,7 @@ use metrics::{
     gauge, histogram,
 };
 
+use crate::limits::Refusal;
 use crate::measure::{Cause, Outcome, abandon_labels};
 use crate::toxic::Direction;
 
@@ -20,6 +21,8 @@ use crate::toxic::Direction;
 pub const CONNECTIONS_TOTAL: &str = "fallacy_connections_total";
 /// Connections open now, per proxy.
 pub const CONNECTIONS_ACTIVE: &str = "fallacy_connections_active";
+/// Connections reset at accept by a connection limit, per proxy and limit.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "fallacy_connections_refused_total";
 /// Bytes read from the sender, per proxy and direction, counted as they flow.
 pub const BYTES_TOTAL: &str = "fallacy_bytes_total";
 /// Times a toxic was drawn to apply to a connection and direction.
@@ -80,6 +83,11 @@ pub fn describe() {
         "Client connections accepted by the proxy."
     );
     describe_gauge!(CONNECTIONS_ACTIVE, "Client connections currently open.");
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "Client connections reset at accept because a limit was reached: reason=proxy_limit \
+         (the proxy's max_connections) or server_limit ([server] max_connections)."
+    );
     describe_counter!(
         BYTES_TOTAL,
         "Bytes received from the sending side, live (updated per chunk, not at close). \
@@ -163,6 +171,8 @@ impl ByteCount {
 pub(crate) struct ProxyMetrics {
     connections: Counter,
     active: Gauge,
+    /// By [`crate::limits::Refusal`]: the proxy's limit, then the server's.
+    refused: [Counter; 2],
     bytes_upstream: ByteCount,
     bytes_downstream: ByteCount,
     connect_errors: Counter,
@@ -190,6 +200,13 @@ impl ProxyMetrics {
         ProxyMetrics {
             connections: counter!(CONNECTIONS_TOTAL, "proxy" => p()),
             active: gauge!(CONNECTIONS_ACTIVE, "proxy" => p()),
+            refused: [Refusal::Proxy, Refusal::Total].map(|why| {
+                let c =
+                    counter!(CONNECTIONS_REFUSED_TOTAL, "proxy" => p(), "reason" => why.as_str());
+                // Present from the start: an alert on its rate needs a series to read.
+                c.increment(0);
+                c
+            }),
             bytes_upstream: ByteCount {
                 counter: counter!(BYTES_TOTAL, "proxy" => p(), "direction" => "upstream"),
                 total: Arc::default(),
@@ -222,6 +239,10 @@ impl ProxyMetrics {
                 Box::new(m)
             },
         }
+    }
+
+    pub(crate) fn refused(&self, why: Refusal) {
+        self.refused[why as usize].increment(1);
     }
 
     pub(crate) fn injected_delay(&self, d: Duration) {

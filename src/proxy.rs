@@ -199,6 +199,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// HTTP proxies: how long a client may take to send a request's headers (slow loris).
     pub header_read_timeout: Duration,
+    /// Connections open on all proxies, and their limit.
+    pub total: Arc<crate::limits::Total>,
 }
 
 impl Default for Settings {
@@ -207,6 +209,7 @@ impl Default for Settings {
             seed: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
+            total: Arc::default(),
         }
     }
 }
@@ -241,6 +244,10 @@ pub struct Link {
     cut: std::sync::atomic::AtomicU8,
     /// The same bits, while a `flap` toxic has the link down.
     flap: std::sync::atomic::AtomicU8,
+    /// Connections open now, against `max_connections` (see [`crate::limits`]).
+    open: std::sync::atomic::AtomicUsize,
+    /// When a refusal was last logged (Unix seconds).
+    refusal_warned: AtomicU64,
 }
 
 impl Link {
@@ -264,7 +271,17 @@ impl Link {
             stats: ProxyStats::default(),
             cut: std::sync::atomic::AtomicU8::new(0),
             flap: std::sync::atomic::AtomicU8::new(0),
+            open: std::sync::atomic::AtomicUsize::new(0),
+            refusal_warned: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn open_counter(&self) -> &std::sync::atomic::AtomicUsize {
+        &self.open
+    }
+
+    pub(crate) fn refusal_warned(&self) -> &AtomicU64 {
+        &self.refusal_warned
     }
 
     /// The proxy's name.

@@ -64,6 +64,8 @@ fn patch_for(old: &NewProxy, new: &NewProxy) -> ProxyPatch {
             idempotency_headers: changed(was.idempotency_headers != now.idempotency_headers)
                 .map(|_| now.idempotency_headers.clone()),
             price_per_gb: changed(was.price_per_gb != now.price_per_gb).map(|_| now.price_per_gb),
+            max_connections: changed(was.max_connections != now.max_connections)
+                .map(|_| now.max_connections),
         },
         labels: None,
         upstreams: None,

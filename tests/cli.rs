@@ -578,11 +578,9 @@ fn help_works_and_usage_errors_exit_2() {
     }
 }
 
-/// File-descriptor exhaustion slows the proxy down but never kills its listener: once the
-/// descriptors are free again, the same listener serves.
-#[test]
-fn the_listener_survives_file_descriptor_exhaustion() {
-    // An echo upstream in this process (not under the limit).
+/// An echo upstream on a thread of this process (not under the child's descriptor limit),
+/// for at most 60 s.
+fn echo_upstream() -> SocketAddr {
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream_addr = upstream.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -606,22 +604,61 @@ fn the_listener_survives_file_descriptor_exhaustion() {
             }
         }
     });
+    upstream_addr
+}
+
+/// Whether `ping` comes back through `s` within 300 ms.
+fn echoes(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 4];
+    s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+/// Runs fallacy under `ulimit -n fds` with one proxy `p` to an echo upstream and `server`
+/// lines in `[server]`; returns it, its admin address, the proxy's address and the config's
+/// directory guard.
+fn serve_under_fd_limit(
+    fds: u32,
+    server: &str,
+) -> (Child, SocketAddr, SocketAddr, tempfile::TempDir) {
+    let upstream = echo_upstream();
     let config = format!(
-        "[[proxy]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream_addr}\"\n"
+        "[server]\n{server}\n[[proxy]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n"
     );
-    let (_dir, path) = config_file("fd.toml", &config);
+    let (dir, path) = config_file("fd.toml", &config);
     let fallacy =
-        Child::spawn_with_fd_limit(64, &["serve", "--admin", "127.0.0.1:0", "--config", &path]);
+        Child::spawn_with_fd_limit(fds, &["serve", "--admin", "127.0.0.1:0", "--config", &path]);
     let admin = fallacy.admin();
     let (_, proxy) = get(admin, "/proxies/p");
-    let listen: SocketAddr = proxy["listen"].as_str().unwrap().parse().unwrap();
+    let listen = proxy["listen"].as_str().unwrap().parse().unwrap();
+    (fallacy, admin, listen, dir)
+}
 
-    let echo = |s: &mut TcpStream| -> bool {
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut buf = [0u8; 4];
-        s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
-    };
+/// Waits (bounded) until a new connection through `listen` echoes again.
+fn assert_serves_again(fallacy: &Child, listen: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = TcpStream::connect_timeout(&listen, Duration::from_secs(2)) {
+            if echoes(&mut s) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "listener never recovered; stderr:\n{}",
+            fallacy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// File-descriptor exhaustion slows the proxy down but never kills its listener: once the
+/// descriptors are free again, the same listener serves. (`max_connections = 0` turns the
+/// limit off, so the descriptors really run out.)
+#[test]
+fn the_listener_survives_file_descriptor_exhaustion() {
+    let (fallacy, _admin, listen, _dir) = serve_under_fd_limit(64, "max_connections = 0");
     // Each proxied connection holds two descriptors: 60 connections exhaust 64, so accept
     // itself fails with EMFILE.
     let mut held = Vec::new();
@@ -641,22 +678,61 @@ fn the_listener_survives_file_descriptor_exhaustion() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(held);
+    assert_serves_again(&fallacy, listen);
+}
 
-    // Descriptors free up; the same listener serves again (it backs off, so allow a moment).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut s) = TcpStream::connect_timeout(&listen, Duration::from_secs(2)) {
-            if echo(&mut s) {
-                break;
+/// By default the connection limit comes from the open-file limit, so a flood is refused
+/// (reset, counted, logged once) before the descriptors run out: the connections already
+/// open keep working, the admin API keeps answering, and the proxy serves again after.
+#[test]
+fn the_automatic_limit_refuses_a_flood_before_descriptors_run_out() {
+    // 128 descriptors: 64 + 12 kept back, 26 connections of two each.
+    let (fallacy, admin, listen, _dir) = serve_under_fd_limit(128, "");
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        // The reset can come so fast that connect() itself reports it.
+        match TcpStream::connect_timeout(&listen, Duration::from_secs(2)) {
+            Ok(mut s) => {
+                if echoes(&mut s) {
+                    held.push(s);
+                } else {
+                    refused += 1;
+                }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => refused += 1,
+            Err(e) => panic!("connect: {e}"),
         }
-        assert!(
-            Instant::now() < deadline,
-            "listener never recovered; stderr:\n{}",
-            fallacy.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!((held.len(), refused), (26, 14), "{}", fallacy.stderr());
+    for s in &mut held {
+        assert!(echoes(s), "an admitted connection stopped working");
+    }
+    let (status, metrics) = get(admin, "/metrics");
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics
+            .contains(r#"fallacy_connections_refused_total{proxy="p",reason="server_limit"} 14"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"fallacy_connections_refused_total{proxy="p",reason="proxy_limit"} 0"#),
+        "{metrics}"
+    );
+    assert!(
+        !fallacy.stderr().contains("accept failed"),
+        "{}",
+        fallacy.stderr()
+    );
+    assert_eq!(
+        fallacy.stderr().matches("refusing new connections").count(),
+        1,
+        "one warning for the whole flood: {}",
+        fallacy.stderr()
+    );
+    drop(held);
+    assert_serves_again(&fallacy, listen);
 }
 
 /// `fallacy demo` runs the lesson by itself: the false-timeout rate at the client's 100 ms

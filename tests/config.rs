@@ -322,6 +322,8 @@ fn the_annotated_example_checks_clean_and_uses_every_key_and_toxic() {
         "server.connect_timeout",
         "server.header_read_timeout",
         "server.shutdown_grace",
+        "server.max_connections",
+        "proxy.max_connections",
         "proxy.name",
         "proxy.listen",
         "proxy.upstream",

@@ -39,6 +39,9 @@ pub struct ProxyOut {
     idempotency_headers: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     price_per_gb: Option<f64>,
+    /// The proxy's own connection limit, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections: Option<u64>,
     /// The nodes the proxy joins, when set (partitions).
     #[serde(skip_serializing_if = "Option::is_none")]
     labels: Option<Value>,
@@ -85,6 +88,7 @@ impl From<ProxyView> for ProxyOut {
                 },
             ),
             price_per_gb: show(m.price_per_gb != defaults.price_per_gb).then_some(m.price_per_gb),
+            max_connections: (m.max_connections != 0).then_some(m.max_connections),
             name: v.name,
             listen: v.listen,
             upstream: v.upstream,
@@ -123,6 +127,8 @@ pub struct ProxyIn {
     idempotency_headers: Option<Value>,
     #[serde(default)]
     price_per_gb: Option<Value>,
+    #[serde(default)]
+    max_connections: Option<Value>,
     #[serde(default)]
     labels: Option<Value>,
     #[serde(default)]
@@ -188,6 +194,7 @@ impl ProxyIn {
             ("retry_window", &self.retry_window),
             ("idempotency_headers", &self.idempotency_headers),
             ("price_per_gb", &self.price_per_gb),
+            ("max_connections", &self.max_connections),
         ] {
             if let Some(v) = value.as_ref().filter(|v| !v.is_null()) {
                 patch

@@ -48,7 +48,7 @@ const MISSING: (u16, &str) = (404, "no such proxy, toxic, partition or scenario"
 const TAKEN: (u16, &str) = (409, "the name is taken");
 const GONE: (u16, &str) = (204, "done");
 
-const PROXY_BODY: &str = "A proxy: name, listen, upstream, enabled; fallacy's extensions (protocol, labels, upstreams, policy, fault_header, rewrite_host, abandon_grace, retry_window, idempotency_headers, price_per_gb). Toxiproxy's JSON.";
+const PROXY_BODY: &str = "A proxy: name, listen, upstream, enabled; fallacy's extensions (protocol, labels, upstreams, policy, fault_header, rewrite_host, abandon_grace, retry_window, idempotency_headers, price_per_gb, max_connections). Toxiproxy's JSON.";
 const TOXIC_BODY: &str =
     "A toxic: name, type, stream, toxicity, attributes; fallacy's ttl, owner, match.";
 

@@ -41,25 +41,41 @@ pub async fn serve(
         match accepted {
             Ok((client, peer)) => {
                 backoff = MIN_BACKOFF;
+                let slot = match crate::limits::admit(&link) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        crate::limits::refused(&link, why);
+                        // A reset, so the client fails fast instead of waiting on a silent
+                        // socket.
+                        let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                        continue;
+                    }
+                };
                 let conn_stop = epoch.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let id = link.next_connection();
                 // A debug span: at the default info level it costs nothing per connection.
                 let span = debug_span!("conn", proxy = %link.name(), id, client.addr = %peer);
                 match &http_client {
                     Some(upstream) => tracker.spawn(
-                        crate::http::handle(
-                            client,
-                            peer,
-                            link.clone(),
-                            conn_stop.clone(),
-                            id,
-                            upstream.clone(),
+                        holding(
+                            slot,
+                            crate::http::handle(
+                                client,
+                                peer,
+                                link.clone(),
+                                conn_stop.clone(),
+                                id,
+                                upstream.clone(),
+                            ),
                         )
                         .instrument(span),
                     ),
                     None => tracker.spawn(
-                        conn::handle(client, peer, link.clone(), conn_stop.clone(), id)
-                            .instrument(span),
+                        holding(
+                            slot,
+                            conn::handle(client, peer, link.clone(), conn_stop.clone(), id),
+                        )
+                        .instrument(span),
                     ),
                 };
             }
@@ -76,4 +92,10 @@ pub async fn serve(
         }
     }
     debug!(proxy = %link.name(), "listener closed");
+}
+
+/// Runs a connection's task, keeping its place under the limits until the task ends.
+async fn holding<F: std::future::Future<Output = ()>>(slot: crate::limits::Slot, task: F) {
+    task.await;
+    drop(slot);
 }
