@@ -48,9 +48,9 @@ pub struct Config {
     pub proxies: Vec<ProxyConfig>,
     /// Partitions in force from the start (validated; the API's JSON shape).
     pub partitions: Vec<Value>,
-    /// The admin API's bearer token (from `--admin-token` or `FALLACY_ADMIN_TOKEN`, never
-    /// from the file).
-    pub admin_token: Option<String>,
+    /// The admin API's bearer token: `--admin-token` (`FALLACY_ADMIN_TOKEN`), else
+    /// `--admin-token-file`, else `[admin] token`.
+    pub admin_token: Option<Secret>,
     /// With a token: `GET /metrics` needs none (`--metrics-public`).
     pub metrics_public: bool,
     /// The file it was read from, for SIGHUP and `POST /reload`.
@@ -72,6 +72,36 @@ impl Default for Config {
             metrics_public: false,
             source: None,
         }
+    }
+}
+
+/// A value that must never reach a log line or an error message: its `Debug` form is masked,
+/// so printing a [`Config`] cannot leak the admin token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret(value.to_owned())
     }
 }
 
@@ -197,6 +227,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -343,9 +374,22 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
         }
     };
     let mut config = Config::default();
-    if let Some(listen) = raw.admin.and_then(|a| a.listen) {
-        check_addr(&mut c, &listen, "admin.listen");
-        config.admin = Some(listen.into_inner());
+    if let Some(admin) = raw.admin {
+        if let Some(listen) = admin.listen {
+            check_addr(&mut c, &listen, "admin.listen");
+            config.admin = Some(listen.into_inner());
+        }
+        if let Some(token) = admin.token {
+            if token.get_ref().trim().is_empty() {
+                c.at(
+                    token.span().start,
+                    "admin.token",
+                    "must not be empty (leave it out for no token)",
+                );
+            } else {
+                config.admin_token = Some(token.into_inner().into());
+            }
+        }
     }
     if let Some(server) = raw.server {
         config.seed = server.seed;

@@ -159,7 +159,10 @@ impl Server {
             .map(|path| Arc::new(reload::Reloader::new(path, &config)));
         let router = admin::router(
             admin::AdminState::new(store.clone(), prometheus, shutdown.clone())
-                .with_token(config.admin_token.clone(), config.metrics_public)
+                .with_token(
+                    config.admin_token.as_ref().map(|t| t.expose().to_owned()),
+                    config.metrics_public,
+                )
                 .with_reloader(reloader.clone()),
         );
         let stop_admin = shutdown.clone();

@@ -55,6 +55,15 @@ enum Command {
             hide_env_values = true
         )]
         admin_token: Option<String>,
+        /// Read the admin token from this file (trailing whitespace dropped), e.g. a mounted
+        /// Kubernetes or compose secret; keeps it out of the environment and the process list.
+        #[arg(
+            long,
+            value_name = "FILE",
+            env = "FALLACY_ADMIN_TOKEN_FILE",
+            conflicts_with = "admin_token"
+        )]
+        admin_token_file: Option<PathBuf>,
         /// With a token, let GET /metrics through without it, for scrapers that cannot send
         /// one (Prometheus's pod annotations).
         #[arg(long, env = "FALLACY_METRICS_PUBLIC")]
@@ -219,6 +228,7 @@ fn main() -> ExitCode {
             admin,
             seed,
             admin_token,
+            admin_token_file,
             metrics_public,
             insecure_admin,
         } => {
@@ -228,6 +238,13 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
+            let from_file = match admin_token_file.as_deref().map(read_token_file).transpose() {
+                Ok(token) => token,
+                Err(err) => {
+                    eprintln!("fallacy: {err}");
+                    return ExitCode::from(2);
+                }
+            };
             let config_path = config;
             let config = match config_path.as_deref().map(config::load).transpose() {
                 Ok(c) => c.unwrap_or_default(),
@@ -236,6 +253,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // The command line wins over the file, as for every other setting.
+            let admin_token = admin_token
+                .map(config::Secret::from)
+                .or(from_file)
+                .or(config.admin_token.clone());
             // Name where the address came from, so an error points at what to change.
             let (admin, origin) = match (admin, &config.admin, &config_path) {
                 (Some(a), _, _) => (a, "--admin".to_owned()),
@@ -479,6 +501,21 @@ fn check(file: &std::path::Path) -> ExitCode {
 
 /// Resolves the admin address and refuses a non-loopback one unless explicitly allowed.
 /// `origin` names where the address came from (`--admin`, or the config file's key).
+/// The token in `path`, without the trailing newline an editor or `echo` leaves. Errors name
+/// the file and never show its content.
+fn read_token_file(path: &std::path::Path) -> Result<config::Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--admin-token-file {}: cannot read: {e}", path.display()))?;
+    let token = text.trim_end();
+    if token.trim().is_empty() {
+        return Err(format!(
+            "--admin-token-file {}: the file is empty; put the token in it",
+            path.display()
+        ));
+    }
+    Ok(token.into())
+}
+
 fn admin_addr(admin: &str, origin: &str, insecure: bool) -> anyhow::Result<SocketAddr> {
     config::validate_addr(admin).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     let addr = admin
@@ -489,7 +526,7 @@ fn admin_addr(admin: &str, origin: &str, insecure: bool) -> anyhow::Result<Socke
     if !addr.ip().is_loopback() && !insecure {
         anyhow::bail!(
             "{origin} {admin}: refusing to expose the admin API beyond loopback without a token; \
-             set FALLACY_ADMIN_TOKEN (or --admin-token), or pass --insecure-admin \
+             set FALLACY_ADMIN_TOKEN (or --admin-token, --admin-token-file, [admin] token), or pass --insecure-admin \
              (FALLACY_INSECURE_ADMIN=true) if every host that can reach it is trusted"
         );
     }

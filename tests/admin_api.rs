@@ -752,3 +752,47 @@ async fn the_log_level_is_not_adjustable_without_fallacys_logger() {
         "{body}"
     );
 }
+
+/// A body over 1 MiB is refused whole (400, naming the limit) and changes nothing.
+#[tokio::test]
+async fn an_oversized_body_is_refused_and_changes_nothing() {
+    let f = Fallacy::start().await;
+    let padding = "x".repeat(fallacy::admin::MAX_BODY + 1);
+    let body = format!(
+        r#"{{"name": "big", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:1", "pad": "{padding}"}}"#
+    );
+    let (status, err) = f.call("POST", "/proxies", Some(&body)).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("over 1048576 bytes"),
+        "{err}"
+    );
+    assert_eq!(f.call("GET", "/proxies/big", None).await.0, 404);
+}
+
+/// No CORS: a preflight gets no `Access-Control-Allow-*` header, so a web page on another
+/// origin cannot read or drive the API, whatever the browser.
+#[tokio::test]
+async fn cross_origin_requests_get_no_cors_headers() {
+    let f = Fallacy::start().await;
+    for method in ["OPTIONS", "GET", "POST"] {
+        let resp = f
+            .http
+            .request(method.parse().unwrap(), f.url("/proxies"))
+            .header("origin", "http://evil.example")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        let cors: Vec<_> = resp
+            .headers()
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .collect();
+        assert!(cors.is_empty(), "{method}: {cors:?}");
+        assert_ne!(resp.status(), 204, "{method}: no preflight answer");
+    }
+}

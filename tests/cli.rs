@@ -324,6 +324,121 @@ fn a_non_loopback_admin_needs_insecure_admin() {
 
 /// With a token from the environment the admin API may listen beyond loopback, and every
 /// route but the health checks wants it.
+/// The token can also come from a file (a mounted secret) or from `[admin] token`; the command
+/// line wins, and the token never shows in the logs, even at debug level.
+#[test]
+fn an_admin_token_from_a_file_or_the_config_guards_the_api_and_is_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "from-file-7f3a\n").unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fallacy"));
+    command
+        .args(["serve", "--admin", "0.0.0.0:0", "--admin-token-file"])
+        .arg(&token_file)
+        .env("RUST_LOG", "debug");
+    let server = Child::start(command);
+    let admin = SocketAddr::from(([127, 0, 0, 1], server.admin().port()));
+    assert_eq!(get(admin, "/proxies").0, 401);
+    assert_eq!(
+        get_with(
+            admin,
+            "/proxies",
+            "Authorization: Bearer from-file-7f3a\r\n"
+        )
+        .0,
+        200,
+        "the trailing newline is not part of the token"
+    );
+    assert_eq!(
+        get_with(admin, "/proxies", "Authorization: Bearer wrong\r\n").0,
+        401
+    );
+    assert!(
+        !server.stderr().contains("from-file-7f3a"),
+        "{}",
+        server.stderr()
+    );
+
+    let (_cfg_dir, path) = config_file("token.toml", "[admin]\ntoken = \"from-config-9c1d\"\n");
+    let from_config = Child::spawn(&["serve", "--admin", "0.0.0.0:0", "--config", &path]);
+    let admin = SocketAddr::from(([127, 0, 0, 1], from_config.admin().port()));
+    assert_eq!(get(admin, "/proxies").0, 401);
+    assert_eq!(
+        get_with(
+            admin,
+            "/proxies",
+            "Authorization: Bearer from-config-9c1d\r\n"
+        )
+        .0,
+        200
+    );
+    // --admin-token wins over the file's.
+    let mut both = Command::new(env!("CARGO_BIN_EXE_fallacy"));
+    both.args(["serve", "--admin", "127.0.0.1:0", "--config", &path])
+        .env("FALLACY_ADMIN_TOKEN", "from-env-22");
+    let both = Child::start(both);
+    let admin = both.admin();
+    assert_eq!(
+        get_with(admin, "/proxies", "Authorization: Bearer from-env-22\r\n").0,
+        200
+    );
+    assert_eq!(
+        get_with(
+            admin,
+            "/proxies",
+            "Authorization: Bearer from-config-9c1d\r\n"
+        )
+        .0,
+        401
+    );
+
+    // Bad input exits 2 naming what is wrong, and never echoes a token.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let missing = dir.path().join("missing");
+    for (args, words) in [
+        (
+            vec!["--admin-token-file".to_owned(), empty.display().to_string()],
+            "the file is empty",
+        ),
+        (
+            vec![
+                "--admin-token-file".to_owned(),
+                missing.display().to_string(),
+            ],
+            "cannot read",
+        ),
+        (
+            vec![
+                "--admin-token-file".to_owned(),
+                token_file.display().to_string(),
+                "--admin-token".to_owned(),
+                "x".to_owned(),
+            ],
+            "cannot be used with",
+        ),
+    ] {
+        let mut all = vec![
+            "serve".to_owned(),
+            "--admin".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ];
+        all.extend(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let (code, stderr) = Child::spawn(&all).exit_code();
+        assert_eq!(code, Some(2), "{all:?}: {stderr}");
+        assert!(stderr.contains(words), "{all:?}: {stderr}");
+        assert!(!stderr.contains("from-file-7f3a"), "{stderr}");
+    }
+    let (_bad_dir, bad) = config_file("bad.toml", "[admin]\ntoken = \" \"\n");
+    let (code, stderr) = Child::spawn(&["serve", "--config", &bad]).exit_code();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("admin.token: must not be empty"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn an_admin_token_from_the_environment_guards_every_route_but_health() {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fallacy"));

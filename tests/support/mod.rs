@@ -33,7 +33,7 @@ impl Fallacy {
     }
 
     pub async fn with_config(config: Config) -> Fallacy {
-        let token = config.admin_token.clone();
+        let token = config.admin_token.as_ref().map(|t| t.expose().to_owned());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
