@@ -41,6 +41,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Drain period on shutdown.
     pub shutdown_grace: Duration,
+    /// TCP proxies: close a connection idle (no byte either way) this long; `None`: never.
+    pub idle_timeout: Option<Duration>,
     /// The most connections all proxies hold together; `None` is "auto": what the open-file
     /// limit allows (see [`crate::limits`]); 0 is no limit.
     pub max_connections: Option<u64>,
@@ -66,6 +68,7 @@ impl Default for Config {
             header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_connections: None,
+            idle_timeout: None,
             proxies: Vec::new(),
             partitions: Vec::new(),
             admin_token: None,
@@ -237,6 +240,7 @@ struct RawServer {
     connect_timeout: Option<Spanned<String>>,
     header_read_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<toml::Value>>,
 }
 
@@ -416,6 +420,8 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
             "server.shutdown_grace",
             DEFAULT_SHUTDOWN_GRACE,
         );
+        let idle = duration(server.idle_timeout, "server.idle_timeout", Duration::ZERO);
+        config.idle_timeout = (!idle.is_zero()).then_some(idle);
         if let Some(raw) = server.max_connections {
             match raw.get_ref() {
                 toml::Value::Integer(n) if (0..=crate::measure::MAX_CONNECTIONS_LIMIT as i64).contains(n) => {

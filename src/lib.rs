@@ -132,6 +132,7 @@ impl Server {
             connect_timeout: config.connect_timeout,
             header_read_timeout: config.header_read_timeout,
             total: Arc::new(limits::Total::new(max_connections)),
+            idle_timeout: config.idle_timeout,
         };
         let store = Store::new(
             settings,

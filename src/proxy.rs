@@ -201,6 +201,8 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// Connections open on all proxies, and their limit.
     pub total: Arc<crate::limits::Total>,
+    /// TCP proxies: a connection that carries no byte either way for this long is closed.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -210,6 +212,7 @@ impl Default for Settings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
             total: Arc::default(),
+            idle_timeout: None,
         }
     }
 }

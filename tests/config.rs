@@ -323,6 +323,7 @@ fn the_annotated_example_checks_clean_and_uses_every_key_and_toxic() {
         "server.header_read_timeout",
         "server.shutdown_grace",
         "server.max_connections",
+        "server.idle_timeout",
         "proxy.max_connections",
         "proxy.name",
         "proxy.listen",

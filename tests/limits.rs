@@ -151,3 +151,45 @@ async fn a_bad_max_connections_is_refused_naming_the_field_and_changes_nothing()
     let (_, proxy) = f.call("GET", "/proxies/q", None).await;
     assert_eq!(proxy["upstream"], echo.addr.to_string(), "{proxy}");
 }
+
+/// `[server] idle_timeout`: a connection silent both ways that long is closed (FIN to both
+/// sides); one that keeps talking stays open.
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
+    let echo = Echo::start().await;
+    let limit = Duration::from_millis(400);
+    let f = Fallacy::with_config(Config {
+        idle_timeout: Some(limit),
+        ..Config::default()
+    })
+    .await;
+    let addr = f.proxy("p", echo.addr).await;
+
+    let mut idle = admitted(addr).await;
+    let quiet_from = tokio::time::Instant::now();
+    let closed = tokio::spawn(async move {
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut buf)).await;
+        let n = read
+            .expect("the idle connection was never closed")
+            .expect("closed with a FIN, not a reset");
+        assert_eq!(n, 0, "data on an idle connection");
+        quiet_from.elapsed()
+    });
+    let mut busy = admitted(addr).await;
+    // The busy one talks every 100 ms for 1.5 s, well past the limit.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            echoes(&mut busy, Duration::from_secs(1)).await,
+            "the busy connection was closed"
+        );
+    }
+    let after = closed.await.unwrap();
+    // Checked every quarter of the limit: closed between 1 and 1.25 times it, plus the
+    // scheduling of a busy machine; the busy one was still talking then.
+    assert!(
+        after >= limit && after < limit * 5 / 4 + Duration::from_millis(500),
+        "closed after {after:?}"
+    );
+}

@@ -35,7 +35,7 @@ use std::mem;
 use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -122,6 +122,9 @@ struct Shared<'a> {
     /// Cancelled by the proxy (disable, delete, shutdown) or by a half that ends the connection.
     stop: CancellationToken,
     end: AtomicU8,
+    /// Set by every read, cleared by the idle watch (`[server] idle_timeout`): a plain store
+    /// per chunk, where a byte count would be a read-modify-write.
+    active: AtomicBool,
 }
 
 impl Shared<'_> {
@@ -196,10 +199,14 @@ pub async fn run<C: Socket, U: Socket>(
         track,
         stop: stop.child_token(),
         end: AtomicU8::new(END_NONE),
+        active: AtomicBool::new(true),
     };
     let up = Half::new(Direction::Upstream, &shared, id).run(client, upstream, &shared);
     let down = Half::new(Direction::Downstream, &shared, id).run(upstream, client, &shared);
-    let (a, b) = tokio::join!(up, down);
+    let (a, b) = match link.settings().idle_timeout {
+        Some(limit) => tokio::join!(up, down, idle_watch(&shared, limit)).into_halves(),
+        None => tokio::join!(up, down),
+    };
     let outcome = match shared.end.load(Ordering::Acquire) {
         END_RESET => Outcome::Reset,
         END_CLOSE => Outcome::Closed,
@@ -215,6 +222,39 @@ pub async fn run<C: Socket, U: Socket>(
         let _ = SockRef::from(upstream).set_linger(Some(Duration::ZERO));
     }
     outcome
+}
+
+/// Closes the connection once no byte has been read either way for `limit`: checked every
+/// quarter of it, so an idle connection ends between `limit` and 1.25 × `limit` after its
+/// last byte. Ends by itself when the connection does.
+async fn idle_watch(shared: &Shared<'_>, limit: Duration) {
+    let step = limit / 4;
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tokio::time::sleep(step) => {}
+        }
+        let now = Instant::now();
+        if shared.active.swap(false, Ordering::Relaxed) {
+            quiet_since = now;
+        } else if now - quiet_since >= limit {
+            debug!(?limit, "closing an idle connection (idle_timeout)");
+            shared.end(END_CLOSE);
+            return;
+        }
+    }
+}
+
+/// The two halves' ends out of a join that also ran the idle watch.
+trait IntoHalves {
+    fn into_halves(self) -> (HalfEnd, HalfEnd);
+}
+
+impl IntoHalves for (HalfEnd, HalfEnd, ()) {
+    fn into_halves(self) -> (HalfEnd, HalfEnd) {
+        (self.0, self.1)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,6 +480,7 @@ impl Half {
                         }
                         Ok(n) => {
                             self.bytes.increment(n as u64);
+                            shared.active.store(true, Ordering::Relaxed);
                             let track = shared.track.filter(|_| self.dir == Direction::Upstream);
                             if let Some(track) = track {
                                 track.client_bytes(shared.link);
@@ -527,6 +568,7 @@ impl Half {
             }
             (Some(n), _) => {
                 self.bytes.increment(n as u64);
+                shared.active.store(true, Ordering::Relaxed);
                 if let Some(track) = shared.track {
                     match self.dir {
                         Direction::Upstream => track.client_bytes(shared.link),
