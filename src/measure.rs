@@ -51,6 +51,10 @@ pub const DEFAULT_IDEMPOTENCY_HEADERS: [&str; 2] = ["idempotency-key", "x-reques
 const MAX_IDEMPOTENCY_HEADERS: usize = 16;
 /// The highest `price_per_gb` accepted: far above any real tariff, far from overflow.
 pub const MAX_PRICE_PER_GB: f64 = 1e6;
+/// The most abandoned requests a proxy follows at once (each holds an upstream connection and a
+/// task for up to abandon_grace). Past it, a new abandonment is counted at once as pending
+/// rather than followed, so a timeout storm cannot pile up connections for the whole grace.
+pub const MAX_FOLLOWED: usize = 1024;
 /// The highest connection limit accepted: beyond any file-descriptor limit Linux allows.
 pub const MAX_CONNECTIONS_LIMIT: u64 = 100_000_000;
 /// Bytes of a request body that go into its fingerprint.
@@ -293,6 +297,8 @@ pub struct ProxyStats {
     retry: Mutex<RetryTracker>,
     /// Transport cost so far, and the byte total it was last brought up to.
     cost: Mutex<(f64, u64)>,
+    /// Abandoned requests whose upstream leg is being followed now (see [`MAX_FOLLOWED`]).
+    followed: std::sync::atomic::AtomicUsize,
 }
 
 /// A copy of [`ProxyStats`]' counters.
@@ -711,6 +717,26 @@ fn record_attempt(link: &Link, fp: Fingerprint, start: Instant, failed: bool) {
     }
 }
 
+/// A place among the abandoned requests a proxy follows, given back however the task ends.
+struct Followed(Arc<Link>);
+
+impl Followed {
+    fn take(link: &Arc<Link>) -> Option<Followed> {
+        let count = &link.stats().followed;
+        if count.fetch_add(1, Ordering::Relaxed) >= MAX_FOLLOWED {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Followed(link.clone()))
+    }
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        self.0.stats().followed.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Counts an abandonment once its outcome is known.
 pub(crate) fn abandoned(
     link: &Link,
@@ -782,7 +808,12 @@ impl<T: Send + 'static> Drop for Exchange<T> {
                 let Ok(rt) = tokio::runtime::Handle::try_current() else {
                     return abandoned(&link, Outcome::UpstreamPending, Cause::Upstream, None);
                 };
+                let Some(followed) = Followed::take(&link) else {
+                    // Dropping the leg closes its upstream connection now.
+                    return abandoned(&link, Outcome::UpstreamPending, Cause::Upstream, None);
+                };
                 rt.spawn(async move {
+                    let _followed = followed;
                     let result = tokio::time::timeout(grace, leg).await.ok().map(|(_, u)| u);
                     if let Some(u) = result {
                         link.stats().upstream_all.record(u.elapsed);

@@ -133,6 +133,38 @@ async fn abandoned_requests_count_by_what_the_upstream_did_and_what_made_them_sl
     assert!((295.0..400.0).contains(&p90), "{s:#}");
 }
 
+/// A timeout storm cannot pile up followed requests: past `MAX_FOLLOWED` per proxy, an
+/// abandonment is counted at once as pending, and its upstream connection is closed.
+#[tokio::test]
+async fn past_the_cap_abandoned_requests_are_not_followed() {
+    let cap = fallacy::measure::MAX_FOLLOWED as u64;
+    let (f, base) = setup(json!({"abandon_grace": "600s"})).await;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let extra = 60;
+    let mut sent = 0;
+    while sent < cap + extra {
+        let batch = (cap + extra - sent).min(128);
+        let all = (0..batch).map(|_| gives_up(&c, format!("{base}/slow?ms=600000")));
+        futures_util::future::join_all(all).await;
+        sent += batch;
+    }
+    // The followed ones wait out their grace; the rest are counted now, as pending.
+    let s = stats_when(&f, |s| {
+        abandoned(s, "upstream_pending", "upstream") >= extra
+    })
+    .await;
+    assert_eq!(
+        abandoned(&s, "upstream_pending", "upstream"),
+        extra,
+        "{s:#}"
+    );
+    assert_eq!(s["requests"]["abandoned"], extra, "{s:#}");
+}
+
 /// An HTTP/2 client that gives up resets its stream, not the connection: that is an
 /// abandonment too, and the connection serves on.
 #[tokio::test]
