@@ -149,7 +149,10 @@ impl Server {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = every.tick() => handle.run_upkeep(),
+                        _ = every.tick() => {
+                            handle.run_upkeep();
+                            metrics::tasks_alive();
+                        }
                     }
                 }
             });

@@ -50,6 +50,9 @@ pub const REQUEST_ATTEMPTS: &str = "fallacy_request_attempts";
 /// Attempts per logical request over the last minute.
 pub const RETRY_AMPLIFICATION: &str = "fallacy_retry_amplification";
 
+/// Tokio tasks alive in the process, sampled every 5 s: a leak shows as growth at rest.
+pub const TASKS_ALIVE: &str = "fallacy_tasks_alive";
+
 /// 1 for the phase a running scenario is in, 0 for the phases it has left.
 pub const SCENARIO_PHASE: &str = "fallacy_scenario_phase";
 
@@ -83,6 +86,11 @@ pub fn describe() {
         "Client connections accepted by the proxy."
     );
     describe_gauge!(CONNECTIONS_ACTIVE, "Client connections currently open.");
+    describe_gauge!(
+        TASKS_ALIVE,
+        "Tokio tasks alive in the process (connections, listeners, followed requests, timers), \
+         sampled every 5 s."
+    );
     describe_counter!(
         CONNECTIONS_REFUSED_TOTAL,
         "Client connections reset at accept because a limit was reached: reason=proxy_limit \
@@ -381,6 +389,13 @@ pub(crate) fn scenario_phase(from: Option<&str>, to: Option<&str>) {
     }
     if let Some(to) = to {
         gauge!(SCENARIO_PHASE, "phase" => to.to_owned()).set(1.0);
+    }
+}
+
+/// Samples [`TASKS_ALIVE`] from the runtime this is called on.
+pub(crate) fn tasks_alive() {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        gauge!(TASKS_ALIVE).set(rt.metrics().num_alive_tasks() as f64);
     }
 }
 
