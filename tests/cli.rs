@@ -835,6 +835,7 @@ fn the_automatic_limit_refuses_a_flood_before_descriptors_run_out() {
         metrics.contains(r#"fallacy_connections_refused_total{proxy="p",reason="proxy_limit"} 0"#),
         "{metrics}"
     );
+    assert!(metrics.contains("\nfallacy_tasks_alive "), "{metrics}");
     assert!(
         !fallacy.stderr().contains("accept failed"),
         "{}",
