@@ -117,6 +117,7 @@ pub async fn handle(
     stop: CancellationToken,
     id: u64,
     upstream: UpstreamClient,
+    _slot: crate::limits::Slot,
 ) {
     let active = Arc::new(metrics::ConnectionGuard::open(link.metrics()));
     let _ = client.set_nodelay(true);

@@ -14,14 +14,15 @@ use crate::metrics;
 use crate::toxic::loss::SYN_GIVE_UP;
 use crate::toxic::{Direction, ToxicCx};
 
-/// Runs one connection to completion. Never panics on network errors; everything is logged
-/// and counted.
+/// Runs one connection to completion, holding its place under the connection limits until
+/// it ends. Never panics on network errors; everything is logged and counted.
 pub async fn handle(
     client: TcpStream,
     peer: SocketAddr,
     link: Arc<Link>,
     stop: CancellationToken,
     id: u64,
+    _slot: crate::limits::Slot,
 ) {
     let _active = metrics::ConnectionGuard::open(link.metrics());
     let started = tokio::time::Instant::now();

@@ -203,10 +203,14 @@ pub async fn run<C: Socket, U: Socket>(
     };
     let up = Half::new(Direction::Upstream, &shared, id).run(client, upstream, &shared);
     let down = Half::new(Direction::Downstream, &shared, id).run(upstream, client, &shared);
-    let (a, b) = match link.settings().idle_timeout {
-        Some(limit) => tokio::join!(up, down, idle_watch(&shared, limit)).into_halves(),
-        None => tokio::join!(up, down),
+    // The watch's state (a timer entry, a cancellation future) is boxed, and only with a limit:
+    // inline, it made every connection 0.5 KiB larger, idle_timeout or not.
+    let idle = async {
+        if let Some(limit) = link.settings().idle_timeout {
+            Box::pin(idle_watch(&shared, limit)).await;
+        }
     };
+    let (a, b, ()) = tokio::join!(up, down, idle);
     let outcome = match shared.end.load(Ordering::Acquire) {
         END_RESET => Outcome::Reset,
         END_CLOSE => Outcome::Closed,
@@ -243,17 +247,6 @@ async fn idle_watch(shared: &Shared<'_>, limit: Duration) {
             shared.end(END_CLOSE);
             return;
         }
-    }
-}
-
-/// The two halves' ends out of a join that also ran the idle watch.
-trait IntoHalves {
-    fn into_halves(self) -> (HalfEnd, HalfEnd);
-}
-
-impl IntoHalves for (HalfEnd, HalfEnd, ()) {
-    fn into_halves(self) -> (HalfEnd, HalfEnd) {
-        (self.0, self.1)
     }
 }
 

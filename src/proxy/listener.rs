@@ -57,25 +57,20 @@ pub async fn serve(
                 let span = debug_span!("conn", proxy = %link.name(), id, client.addr = %peer);
                 match &http_client {
                     Some(upstream) => tracker.spawn(
-                        holding(
+                        crate::http::handle(
+                            client,
+                            peer,
+                            link.clone(),
+                            conn_stop.clone(),
+                            id,
+                            upstream.clone(),
                             slot,
-                            crate::http::handle(
-                                client,
-                                peer,
-                                link.clone(),
-                                conn_stop.clone(),
-                                id,
-                                upstream.clone(),
-                            ),
                         )
                         .instrument(span),
                     ),
                     None => tracker.spawn(
-                        holding(
-                            slot,
-                            conn::handle(client, peer, link.clone(), conn_stop.clone(), id),
-                        )
-                        .instrument(span),
+                        conn::handle(client, peer, link.clone(), conn_stop.clone(), id, slot)
+                            .instrument(span),
                     ),
                 };
             }
@@ -92,10 +87,4 @@ pub async fn serve(
         }
     }
     debug!(proxy = %link.name(), "listener closed");
-}
-
-/// Runs a connection's task, keeping its place under the limits until the task ends.
-async fn holding<F: std::future::Future<Output = ()>>(slot: crate::limits::Slot, task: F) {
-    task.await;
-    drop(slot);
 }
