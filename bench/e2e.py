@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
-"""Measurement half of bench/e2e.sh: runs the loadgen clients against direct / haproxy / fallacy
-and prints the PRODUCT.md section 8 table.
+"""Shared machinery of the end-to-end benchmarks (bench/perf.py, http_bench.py, fidelity.py).
 
-bench/e2e.sh starts the servers and proxies and hands this script a JSON file:
-  {"loadgen": PATH,
-   "targets": {"direct": {"source": ADDR, "echo": ADDR, "http": ADDR, "idle": ADDR, "pid": null},
-               "haproxy": {..., "pid": N}, "fallacy": {..., "pid": N} or null},
-   "pids": [every long-lived process e2e.sh started], "meta": {...}}
+- CPU accounting: the machine's busy ticks (/proc/stat) against what our own processes used
+  (OtherWork), so that a measurement disturbed by other work can be redone.
+- Bench: "trials" over targets, each measuring one figure on every target back to back in the
+  order A B C ... C B A (the order rotating between runs), ratios inside each trial, medians
+  over trials; the loadgen clients (http-load, ping-pong, conn-rate, idle-hold), each run with
+  a time bound.
+- Formatting of the Markdown report: cells, the header that describes the run, the "every run"
+  table, and writing the .md with its .json.
 
-A "trial" measures one figure on the three targets back to back, so they see the same machine.
-Ratios are taken inside each trial and the median over trials is reported. A trial during
-which other work on the machine used more than --max-other of the CPUs is redone (at most
-twice), after waiting for the machine to calm down. Every client runs with a time bound.
+A driver hands Bench a config dict:
+  {"loadgen": PATH, "targets": {NAME: {ROLE: ADDR, ..., "pid": N or null}}, "pids": [every
+   long-lived process the shell script started], "meta": {...}}
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -26,13 +26,14 @@ import subprocess
 import sys
 import time
 
-TARGETS = ("direct", "haproxy", "fallacy")
+TARGETS = ("direct", "haproxy", "fallacy")  # the order of the columns of details(); drivers set it
 HZ = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
+LOG_NAME = "e2e"  # drivers set their own
 
 
 def log(msg):
-    print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    print(f"[{LOG_NAME} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def rss_kib(pid):
@@ -60,14 +61,41 @@ def machine_ticks():
     return busy, sum(v[:8])
 
 
-def proc_ticks(pid):
+def _stat(pid):
+    """The fields of /proc/PID/stat after the command name (state is [0], ppid [1]), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             s = f.read()
-        f = s[s.rfind(")") + 1:].split()
-        return int(f[11]) + int(f[12])
-    except (OSError, ValueError, IndexError):
+        return s[s.rfind(")") + 1:].split()
+    except OSError:
+        return None
+
+
+def proc_ticks(pid):
+    """utime + stime + cutime + cstime of a process (every thread; children it has reaped)."""
+    f = _stat(pid)
+    try:
+        return sum(int(x) for x in f[11:15]) if f else 0
+    except (ValueError, IndexError):
         return 0
+
+
+def children(pids):
+    """PIDs of the live direct children of `pids` (socat forks one per connection)."""
+    want, out = {str(p) for p in pids if p}, []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            f = _stat(d)
+            if f and len(f) > 1 and f[1] in want:
+                out.append(int(d))
+    return out
+
+
+def tree_ticks(pids):
+    """CPU ticks of `pids` with their children: the live ones and, through cutime/cstime, the
+    ones they have reaped; stable across a child's exit once its parent has waited for it."""
+    pids = [p for p in pids if p]
+    return sum(proc_ticks(p) for p in pids + children(pids))
 
 
 def cpu_busy(seconds=1.0):
@@ -98,7 +126,7 @@ class OtherWork:
     def _ours(self):
         t = os.times()
         own = (t.user + t.system + t.children_user + t.children_system) * HZ
-        return own + sum(proc_ticks(p) for p in self.pids)
+        return own + tree_ticks(self.pids)
 
     def start(self):
         self.t0 = time.time()
@@ -123,7 +151,6 @@ class Bench:
         # seconds per measurement; --quick shortens everything
         # (each target is measured twice per trial, so these are half of its time per trial)
         self.d = {
-            "bulk": 2.0 if q else 4.0,
             "http": 1.0 if q else 2.5,
             "http_warm": 0.3 if q else 0.5,
             "rtt": 0.5 if q else 1.5,
@@ -152,12 +179,6 @@ class Bench:
         return r
 
     # -- the measurements; each returns {metric: value} for one target
-    def bulk(self, t, addrs):
-        r = self.client(t, ["bulk", "--addr", addrs["source"], "--duration", str(self.d["bulk"])], self.d["bulk"])
-        if r and r.get("bytes", 0) > 0 and not r.get("error"):
-            return {"mbps": r["mb_per_s"]}
-        return {}
-
     def http(self, t, addrs):
         args = ["http-load", "--addr", addrs["http"], "--conns", str(self.args.conns),
                 "--warmup", str(self.d["http_warm"]), "--duration", str(self.d["http"])]
@@ -190,37 +211,52 @@ class Bench:
             self.errors.append(f"{t}: conn-rate had {r['errors']} failed connections")
         return {"conn_rate": r["conn_per_s"]}
 
-    def memory(self, t, addrs):
-        """VmRSS of the proxy before and after opening N idle connections through it."""
-        pid, n = addrs.get("pid"), self.args.idle_conns
+    def open_idle(self, t, addr, n, parallel=32, hold=60, wait=40):
+        """Starts `loadgen idle-hold` with n connections to addr and waits (at most `wait` s) until
+        it reports; returns (process, its report or None). Hand the process to close_idle()."""
+        p = subprocess.Popen([self.loadgen, "idle-hold", "--addr", addr, "--conns", str(n),
+                              "--parallel", str(parallel), "--duration", str(hold)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready, _, _ = select.select([p.stdout], [], [], wait)
+        if not ready:
+            self.errors.append(f"{t}: idle-hold did not report within {wait} s")
+            return p, None
+        r = json.loads(p.stdout.readline() or "{}")
+        if r.get("opened", 0) < n:
+            self.errors.append(f"{t}: idle-hold opened {r.get('opened', 0)}/{n}: {r.get('error', '')}")
+        return p, r
+
+    @staticmethod
+    def close_idle(p):
+        """Closes idle-hold's connections (EOF on its stdin) and waits for it to exit."""
+        try:
+            p.stdin.close()
+            p.wait(timeout=30)
+        except Exception:  # noqa: BLE001  (whatever went wrong, the client must go)
+            p.kill()
+            p.wait(timeout=5)
+
+    def memory(self, t, addrs, pid=None, n=None, measure=None):
+        """VmRSS of the proxy (addrs["pid"], or pid) before and after opening n (--idle-conns)
+        idle connections through it; measure(pid, rss before, connections opened), called while
+        they are held, may measure something else instead."""
+        pid, n = pid or addrs.get("pid"), n or self.args.idle_conns
         if not pid:
             return {}
         time.sleep(0.5)
         before = rss_kib(pid)
-        p = subprocess.Popen([self.loadgen, "idle-hold", "--addr", addrs["idle"], "--conns", str(n),
-                              "--duration", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        p, r = self.open_idle(t, addrs["idle"], n)
         try:
-            ready, _, _ = select.select([p.stdout], [], [], 40)
-            if not ready:
-                self.errors.append(f"{t}: idle-hold did not report within 40 s")
-                return {}
-            r = json.loads(p.stdout.readline() or "{}")
-            opened = r.get("opened", 0)
-            if opened < n:
-                self.errors.append(f"{t}: idle-hold opened {opened}/{n}: {r.get('error', '')}")
+            opened = (r or {}).get("opened", 0)
             if opened == 0:
                 return {}
             time.sleep(1.0)  # let the proxy finish whatever it does per connection
+            if measure:
+                return measure(pid, before, opened)
             after = rss_kib(pid)
             return {"mem_before_kib": before, "mem_after_kib": after, "mem_per_conn": (after - before) / opened}
         finally:
-            try:
-                p.stdin.close()  # EOF tells idle-hold to close its connections
-                p.wait(timeout=15)
-            except Exception:
-                p.kill()
-                p.wait(timeout=5)
+            self.close_idle(p)
             time.sleep(1.0)
 
     def trial(self, name, step, order):
@@ -255,23 +291,18 @@ class Bench:
     def over_budget(self):
         return time.time() - self.started > self.args.max_seconds
 
-    def run(self):
-        order = [t for t in TARGETS if t in self.targets]
+    def run_trials(self, steps, order, label="run", stop_on_budget=True):
+        """args.runs runs of trial() for every (name, step), the target order rotating between
+        runs to spread drift. Past args.max_seconds no trial is redone; with stop_on_budget, no
+        new run starts either."""
         self.started = time.time()
-        for t in order:
-            if t != "direct":
-                log(f"memory per idle connection: {t} ({self.args.idle_conns} connections)")
-                for m, v in self.memory(t, self.targets[t]).items():
-                    self.trials.setdefault(m, [{}])[0][t] = v
-        steps = (("throughput", self.bulk), ("req/s", self.http), ("round trip", self.rtt),
-                 ("new connections", self.conn))
         for rep in range(self.args.runs):
-            rot = order[rep % len(order):] + order[:rep % len(order)]  # rotate to spread drift
-            log(f"run {rep + 1}/{self.args.runs} ({', '.join(rot)})")
+            rot = order[rep % len(order):] + order[:rep % len(order)]
+            log(f"{label} {rep + 1}/{self.args.runs} ({', '.join(rot)})")
             for name, step in steps:
                 self.trial(name, step, rot)
-            if self.over_budget() and rep + 1 < self.args.runs:
-                self.errors.append(f"stopped after run {rep + 1}: time budget of {self.args.max_seconds:.0f} s spent")
+            if stop_on_budget and self.over_budget() and rep + 1 < self.args.runs:
+                self.errors.append(f"stopped after {label} {rep + 1}: time budget of {self.args.max_seconds:.0f} s spent")
                 break
         self.elapsed = time.time() - self.started
 
@@ -299,70 +330,15 @@ def verdict(ok):
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
 
-def table(b):
-    rows, results = [], []
-    M, R = b.med, b.ratio
-
-    def of_direct(label, m, limit, nd=0):
-        d, h, f = M("direct", m), M("haproxy", m), M("fallacy", m)
-        rh, rf = R(m, "haproxy", "direct"), R(m, "fallacy", "direct")
-        ok = None if rf is None else rf >= limit
-        rows.append([label, fmt(d, nd), f"{fmt(h, nd)} ({fmt(rh, 2)}x)", fmt(f, nd), rs(rf, "of direct"),
-                     f">= {limit:g} of direct", verdict(ok)])
-        results.append((label, ok))
-
-    of_direct("throughput, 1 stream (MB/s)", "mbps", 0.90)
-    of_direct(f"req/s, {b.args.conns} conns, 100 B HTTP", "rps", 0.85)
-
-    d, h, f = M("direct", "http_p99"), M("haproxy", "http_p99"), M("fallacy", "http_p99")
-    rf = R("http_p99", "fallacy", "haproxy")
-    ok = None if rf is None else rf <= 1.10
-    rows.append([f"p99 latency, {b.args.conns} conns (µs)", fmt(d),
-                 f"{fmt(h)} ({fmt(R('http_p99', 'haproxy', 'direct'), 2)}x)",
-                 f"{fmt(f)} ({fmt(R('http_p99', 'fallacy', 'direct'), 2)}x)" if f is not None else "n/a",
-                 rs(rf, "x haproxy"), "<= 1.1 x haproxy's", verdict(ok)])
-    results.append(("p99 latency", ok))
-
-    for q, lim, tgt in (("p50", 1.0, "<= haproxy's"), ("p99", 1.10, "<= 1.1 x haproxy's")):
-        m = f"rtt_{q}"
-        added = lambda t: R(m, t, "direct", lambda x, y: x - y)
-        rf = R(m, "fallacy", "haproxy")
-        ok = None if rf is None else rf <= lim
-        ah, af = added("haproxy"), added("fallacy")
-        rows.append([f"round trip, 1 conn, {q} (µs; proxies: added over direct)", fmt(M("direct", m), 1),
-                     "n/a" if ah is None else f"{ah:+,.1f}", "n/a" if af is None else f"{af:+,.1f}",
-                     rs(rf, "x haproxy (total)"), tgt, verdict(ok)])
-        results.append((f"round trip {q}", ok))
-
-    of_direct(f"new connection per request (conn/s, {b.args.conn_workers} workers)", "conn_rate", 0.60)
-
-    h, f = M("haproxy", "cpu_per_req"), M("fallacy", "cpu_per_req")
-    rf = R("cpu_per_req", "fallacy", "haproxy")
-    ok = None if rf is None else rf <= 1.10
-    rows.append(["CPU per request, proxy process (µs)", "—", fmt(h, 1), fmt(f, 1), rs(rf, "x haproxy"),
-                 "<= 1.1 x haproxy's", verdict(ok)])
-    results.append(("CPU per request", ok))
-
-    h, f = M("haproxy", "mem_per_conn"), M("fallacy", "mem_per_conn")
-    ok = None if f is None else f <= 8.0
-    rows.append([f"memory per idle connection (KiB, {b.args.idle_conns} conns)", "—", fmt(h, 1), fmt(f, 1),
-                 rs(R("mem_per_conn", "fallacy", "haproxy"), "x haproxy"), "<= 8 KiB", verdict(ok)])
-    results.append(("memory per idle connection", ok))
-
-    head = ["metric", "direct", "haproxy", "fallacy", "fallacy ratio", "target (PRODUCT.md §8)", "result"]
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out), results
+DETAIL_NAMES = {
+    "rps": "req/s", "http_p50": "HTTP p50 µs", "http_p99": "HTTP p99 µs", "cpu_per_req": "CPU µs/req",
+}
 
 
-def details(b):
-    names = {
-        "mbps": "throughput MB/s", "rps": "req/s", "http_p50": "HTTP p50 µs", "http_p99": "HTTP p99 µs",
-        "rtt_p50": "round trip p50 µs", "rtt_p99": "round trip p99 µs", "conn_rate": "conn/s",
-        "cpu_per_req": "CPU µs/req", "mem_per_conn": "KiB/idle conn", "mem_before_kib": "RSS before KiB",
-        "mem_after_kib": "RSS after KiB",
-    }
-    present = [t for t in TARGETS if t in b.targets]
+def details(b, names=None, targets=None):
+    """One row per metric, one column per target: every trial's value, in order."""
+    names = names or DETAIL_NAMES
+    present = [t for t in (targets or TARGETS) if t in b.targets]
     out = ["| metric | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
     for m, label in names.items():
         tr = b.trials.get(m)
@@ -373,74 +349,62 @@ def details(b):
     return "\n".join(out)
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def parse_args(ap, runs, max_seconds, wait_quiet, budget_help, strict_help):
+    """Adds the options every trial-based driver shares to `ap`, parses the command line, fills
+    the defaults that depend on --quick (max_seconds and wait_quiet are (quick, full) pairs),
+    makes SIGTERM (from the shell script's cleanup) unwind normally, so that a running client is
+    stopped too, and reads --config. Returns (args, config)."""
     ap.add_argument("--config", required=True)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=runs)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--conns", type=int, default=64)
-    ap.add_argument("--conn-workers", type=int, default=4)
-    ap.add_argument("--idle-conns", type=int, default=2000)
-    ap.add_argument("--max-seconds", type=float, default=420,
-                    help="stop starting new runs (and retries) after this much measuring")
+    ap.add_argument("--conns", type=int, default=64, help="connections of the HTTP load")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help=f"{budget_help} (default {max_seconds[1]:g}, {max_seconds[0]:g} with --quick)")
     ap.add_argument("--max-other", type=float, default=0.15,
                     help="redo a trial when other work used more than this fraction of the CPUs")
     ap.add_argument("--retries", type=int, default=2, help="redos per disturbed trial")
-    ap.add_argument("--wait-quiet", type=float, default=120,
-                    help="wait at most this long for other work on the machine to stop (0: don't)")
+    ap.add_argument("--wait-quiet", type=float, default=None,
+                    help="wait at most this long for other work on the machine to stop before the first "
+                         f"trial (default {wait_quiet[1]:g}, {wait_quiet[0]:g} with --quick; 0: don't)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--strict", action="store_true", help=strict_help)
     args = ap.parse_args()
-    # SIGTERM (from e2e.sh's cleanup) unwinds normally, so running clients are stopped too
+    if args.max_seconds is None:
+        args.max_seconds = max_seconds[0] if args.quick else max_seconds[1]
+    if args.wait_quiet is None:
+        args.wait_quiet = wait_quiet[0] if args.quick else wait_quiet[1]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with open(args.config) as f:
-        cfg = json.load(f)
-    b = Bench(cfg, args)
-    busy0 = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else cpu_busy()
-    load0 = open("/proc/loadavg").read().split()[:3]
-    b.run()
-    load1 = open("/proc/loadavg").read().split()[:3]
-    tbl, results = table(b)
-    meta = b.meta
+        return args, json.load(f)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def header(b, title, busy0, load0, load1, tools):
+    """The first lines of a report: date, machine, other work, redone trials, the tools."""
     redone = sum(1 for _, _, kept in b.trial_other if not kept)
     others = [o for _, o, kept in b.trial_other if kept]
-    lines = [
-        "# fallacy end-to-end benchmark",
+    return [
+        f"# {title}",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {NCPU} CPUs, {platform.platform()}; load average {' '.join(load0)} before, "
-        f"{' '.join(load1)} after",
+        f"- machine: {NCPU} CPUs, {platform.platform()}; load average {load0} before, {load1} after",
         f"- other work on the machine: {busy0:.0%} of the CPUs at the start; during the kept trials "
         f"median {statistics.median(others) if others else 0:.0%}, max {max(others) if others else 0:.0%}; "
         f"{redone} trial(s) redone because of it",
-        f"- fallacy: {meta.get('fallacy_version', 'n/a')}; haproxy: {meta.get('haproxy_version', 'n/a')}",
-        f"- {args.runs} run(s){' (--quick)' if args.quick else ''}; absolute figures are medians over runs, "
-        "ratios are medians of the ratios within each run; each run measures every target twice "
-        "(A B C C B A) and averages the two; measuring took "
-        f"{b.elapsed:.0f} s; durations (s): " + ", ".join(f"{k} {v}" for k, v in b.d.items()),
-        "- loopback only; every figure in a row was measured in this same run",
-        "",
-        tbl,
-        "",
+        f"- {tools}",
     ]
-    if b.errors:
-        lines += ["## Problems seen", ""] + [f"- {e}" for e in b.errors] + [""]
-    lines += ["## Every run (in order)", "", details(b), ""]
-    text = "\n".join(lines)
+
+
+def write_report(text, out, data):
+    """Prints the Markdown, writes it to `out` and `data` as JSON beside it (same name, .json)."""
     print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
         f.write(text)
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({"trials": b.trials, "other_work": b.trial_other, "errors": b.errors, "meta": meta,
-                   "durations": b.d, "results": dict(results)}, f, indent=1)
-    log(f"wrote {args.out}")
-    missed = [k for k, ok in results if ok is False]
-    if args.strict and missed:
-        log("missed: " + ", ".join(missed))
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump(data, f, indent=1)
+    log(f"wrote {out}")

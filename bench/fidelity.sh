@@ -7,13 +7,10 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
-QUICK=0
-BUILD=1
-FALLACY_BIN="$ROOT/target/release/fallacy"
 OUT="$HERE/results/fidelity.md"
-STRICT=""
-KEEP=0
 SEED=1
 
 usage() {
@@ -29,23 +26,15 @@ usage: bench/fidelity.sh [options]
 EOF
 }
 
-while [ $# -gt 0 ]; do
+own_option() {
   case "$1" in
-    --quick) QUICK=1 ;;
-    --no-build) BUILD=0 ;;
-    --fallacy-bin) FALLACY_BIN="$2"; shift ;;
-    --seed) SEED="$2"; shift ;;
-    --out) OUT="$2"; shift ;;
-    --strict) STRICT="--strict" ;;
-    --keep-logs) KEEP=1 ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    --seed) SEED=$2 ;;
+    *) return 1 ;;
   esac
-  shift
-done
+  TOOK=2
+}
+bench_options "$@"
 
-# shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"
 bench_init fidelity
 
 # ---------------------------------------------------------------------------------------------
@@ -85,14 +74,4 @@ cfg = {
 json.dump(cfg, open(sys.argv[1], "w"), indent=1)
 EOF
 
-EXTRA=()
-[ "$QUICK" = 1 ] && EXTRA+=(--quick)
-[ -n "$STRICT" ] && EXTRA+=("$STRICT")
-# in the background, so that a signal reaches the trap (and the cleanup) at once
-python3 "$HERE/fidelity.py" --config "$WORK/config.json" --out "$OUT" "${EXTRA[@]}" &
-PY_PID=$!
-PIDS=("$PY_PID" "${PIDS[@]}")
-rc=0
-wait "$PY_PID" || rc=$?
-PIDS=("${PIDS[@]:1}")
-exit "$rc"
+run_driver fidelity.py --out "$OUT"

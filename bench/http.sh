@@ -7,15 +7,12 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
-QUICK=0
 RUNS=""
 CONNS=64
-BUILD=1
-FALLACY_BIN="$ROOT/target/release/fallacy"
 OUT="$HERE/results/http.md"
-STRICT=""
-KEEP=0
 
 usage() {
   cat <<EOF
@@ -31,25 +28,17 @@ usage: bench/http.sh [options]
 EOF
 }
 
-while [ $# -gt 0 ]; do
+own_option() {
   case "$1" in
-    --quick) QUICK=1 ;;
-    --runs) RUNS="$2"; shift ;;
-    --conns) CONNS="$2"; shift ;;
-    --no-build) BUILD=0 ;;
-    --fallacy-bin) FALLACY_BIN="$2"; shift ;;
-    --out) OUT="$2"; shift ;;
-    --strict) STRICT="--strict" ;;
-    --keep-logs) KEEP=1 ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    --runs) RUNS=$2 ;;
+    --conns) CONNS=$2 ;;
+    *) return 1 ;;
   esac
-  shift
-done
+  TOOK=2
+}
+bench_options "$@"
 if [ "$QUICK" = 1 ]; then RUNS=${RUNS:-3}; else RUNS=${RUNS:-7}; fi
 
-# shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"
 bench_init http
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +46,7 @@ bench_init http
 bench_build 1
 fallacy_identity
 ensure_haproxy
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+raise_nofile
 
 # ---------------------------------------------------------------------------------------------
 # the upstream: HTTP/1.1 keep-alive, 100-byte body, on a free loopback port it picks itself
@@ -117,15 +106,4 @@ cfg = {
 json.dump(cfg, open(sys.argv[1], "w"), indent=1)
 EOF
 
-EXTRA=()
-[ "$QUICK" = 1 ] && EXTRA+=(--quick)
-[ -n "$STRICT" ] && EXTRA+=("$STRICT")
-# in the background, so that a signal reaches the trap (and the cleanup) at once
-python3 "$HERE/http_bench.py" --config "$WORK/config.json" --runs "$RUNS" --conns "$CONNS" \
-  --out "$OUT" "${EXTRA[@]}" &
-PY_PID=$!
-PIDS=("$PY_PID" "${PIDS[@]}")
-rc=0
-wait "$PY_PID" || rc=$?
-PIDS=("${PIDS[@]:1}")
-exit "$rc"
+run_driver http_bench.py --runs "$RUNS" --conns "$CONNS" --out "$OUT"

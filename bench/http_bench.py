@@ -18,21 +18,17 @@ that answers wrongly shows up in the report and not only as a low req/s.
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import re
-import signal
 import socket
-import statistics
 import sys
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e  # noqa: E402  (the e2e benchmark: trials, CPU accounting, formatting)
-from e2e import NCPU, Bench, OtherWork, alive, cpu_busy, details, fmt, rs, verdict, wait_quiet  # noqa: E402
+from e2e import (Bench, OtherWork, alive, cpu_busy, details, fmt, header, loadavg, rs, verdict,  # noqa: E402
+                 wait_quiet, write_report)
 
 TARGETS = ("direct", "haproxy", "fallacy_http", "fallacy_tcp")
 # e2e.details() lists the targets named in e2e.TARGETS
@@ -40,8 +36,8 @@ e2e.TARGETS = TARGETS
 RPS_TARGET = 0.70  # fallacy's HTTP proxy: req/s >= 0.7 x direct
 
 
-def log(msg):
-    print(f"[http {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+e2e.LOG_NAME = "http"
+log = e2e.log
 
 
 class HttpBench(Bench):
@@ -62,16 +58,7 @@ class HttpBench(Bench):
         return r
 
     def run(self):
-        order = [t for t in TARGETS if t in self.targets]
-        self.started = time.time()
-        for rep in range(self.args.runs):
-            rot = order[rep % len(order):] + order[:rep % len(order)]  # rotate to spread drift
-            log(f"trial {rep + 1}/{self.args.runs} ({', '.join(rot)})")
-            self.trial("req/s", self.http, rot)
-            if self.over_budget() and rep + 1 < self.args.runs:
-                self.errors.append(f"stopped after trial {rep + 1}: time budget of {self.args.max_seconds:.0f} s spent")
-                break
-        self.elapsed = time.time() - self.started
+        self.run_trials([("req/s", self.http)], [t for t in TARGETS if t in self.targets], label="trial")
 
 
 # -- plain requests through each target -------------------------------------------------------
@@ -224,31 +211,10 @@ def table(b):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--conns", type=int, default=64)
-    ap.add_argument("--max-seconds", type=float, default=None,
-                    help="stop starting new trials (and redos) after this much measuring "
-                         "(default 230, 60 with --quick)")
-    ap.add_argument("--max-other", type=float, default=0.15,
-                    help="redo a trial when other work used more than this fraction of the CPUs")
-    ap.add_argument("--retries", type=int, default=2, help="redos per disturbed trial")
-    ap.add_argument("--wait-quiet", type=float, default=None,
-                    help="wait at most this long for other work on the machine to stop before "
-                         "the first trial (default 60, 20 with --quick; 0: don't)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--strict", action="store_true", help="exit 1 when the req/s target is missed")
-    args = ap.parse_args()
-    if args.max_seconds is None:
-        args.max_seconds = 60 if args.quick else 230
-    if args.wait_quiet is None:
-        args.wait_quiet = 20 if args.quick else 60
-    # SIGTERM (from http.sh's cleanup) unwinds normally, so running clients are stopped too
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with open(args.config) as f:
-        cfg = json.load(f)
+    args, cfg = e2e.parse_args(
+        argparse.ArgumentParser(), runs=7, max_seconds=(60, 230), wait_quiet=(20, 60),
+        budget_help="stop starting new trials (and redos) after this much measuring",
+        strict_help="exit 1 when the req/s target is missed")
     b = HttpBench(cfg, args)
     present = [t for t in TARGETS if t in b.targets]
     admin = cfg.get("admin")
@@ -261,9 +227,9 @@ def main():
         problems += [f"{LABEL[t]}, before the load: {p}" for p in pr]
 
     busy0 = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else cpu_busy()
-    load0 = open("/proc/loadavg").read().split()[:3]
+    load0 = loadavg()
     b.run()
-    load1 = open("/proc/loadavg").read().split()[:3]
+    load1 = loadavg()
 
     # the same requests after the load, then fallacy's own counters and logs
     after = {}
@@ -314,21 +280,11 @@ def main():
 
     tbl, results = table(b)
     meta = b.meta
-    redone = sum(1 for _, _, kept in b.trial_other if not kept)
-    others = [o for _, o, kept in b.trial_other if kept]
     n_trials = len(b.trials.get("rps", []))
-    lines = [
-        "# fallacy HTTP-mode benchmark",
-        "",
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {NCPU} CPUs, {platform.platform()}; load average {' '.join(load0)} before, "
-        f"{' '.join(load1)} after",
-        f"- other work on the machine: {busy0:.0%} of the CPUs at the start; during the kept trials "
-        f"median {statistics.median(others) if others else 0:.0%}, max {max(others) if others else 0:.0%}; "
-        f"{redone} trial(s) redone because of it",
-        f"- fallacy: {meta.get('fallacy_version', 'n/a')} ({meta.get('fallacy_commit', '?')}, built "
-        f"{meta.get('fallacy_built', '?')}); haproxy: {meta.get('haproxy_version', 'n/a')}, mode http, "
-        "keep-alive both sides",
+    lines = header(b, "fallacy HTTP-mode benchmark", busy0, load0, load1,
+                   f"fallacy: {meta.get('fallacy_version', 'n/a')} ({meta.get('fallacy_commit', '?')}, built "
+                   f"{meta.get('fallacy_built', '?')}); haproxy: {meta.get('haproxy_version', 'n/a')}, mode http, "
+                   "keep-alive both sides") + [
         f"- upstream: loadgen http-server, 100-byte body; load: loadgen http-load, {args.conns} keep-alive "
         "connections of `GET /` back to back, one client thread",
         f"- {n_trials} trial(s){' (--quick)' if args.quick else ''}, each measuring every target twice "
@@ -359,18 +315,11 @@ def main():
             f"{LABEL[t]}: " + ", ".join(f"{k} {fmt(v) if isinstance(v, (int, float)) else 'n/a'}"
                                         for k, v in c.items()) for t, c in counters.items()), ""]
     lines += ["## Every trial (in order)", "", details(b), ""]
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({"trials": b.trials, "other_work": b.trial_other, "errors": b.errors, "problems": problems,
-                   "checks_before": checks, "checks_after": after, "fallacy_counters": counters,
-                   "fallacy_log_warnings": fa_log[:50], "haproxy_log": hp_log[:50],
-                   "failed_conns": b.failed_conns, "completed": b.completed, "meta": meta,
-                   "durations": b.d, "results": results}, f, indent=1)
-    log(f"wrote {args.out}")
+    write_report("\n".join(lines), args.out, {
+        "trials": b.trials, "other_work": b.trial_other, "errors": b.errors, "problems": problems,
+        "checks_before": checks, "checks_after": after, "fallacy_counters": counters,
+        "fallacy_log_warnings": fa_log[:50], "haproxy_log": hp_log[:50], "failed_conns": b.failed_conns,
+        "completed": b.completed, "meta": meta, "durations": b.d, "results": results})
     if args.strict and results.get("req/s") is False:
         log(f"missed: req/s >= {RPS_TARGET:g} of direct")
         return 1

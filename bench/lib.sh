@@ -1,8 +1,33 @@
 # shellcheck shell=bash
-# Shared by bench/e2e.sh, bench/fidelity.sh and bench/http.sh: logging, a work directory, and a
-# cleanup that stops every process the script started (by PID, TERM then KILL) on any exit; also
-# starting the upstreams, haproxy and fallacy. Source it, then call `bench_init NAME`; append the
-# PID of everything started to PIDS.
+# Shared by bench/perf, bench/fidelity.sh and bench/http.sh: logging, a work directory, and a
+# cleanup that stops every process the script started (by PID, TERM then KILL; with the direct
+# children of each, such as socat's per-connection processes) on any exit; also installing the
+# tools and starting the upstreams, haproxy, socat and fallacy. Source it, then call
+# `bench_init NAME`; append the PID of everything started to PIDS.
+
+# bench_options "$@": parses the options every script shares (--quick, --no-build, --fallacy-bin
+# PATH, --out FILE, --strict, --keep-logs, -h/--help, which prints the script's `usage`) and sets
+# their defaults (OUT excepted); the others go to the script's `own_option OPT VALUE`, which sets
+# them and TOOK=2 for an option with a value, or returns 1 for an unknown option.
+# shellcheck disable=SC2034  # OUT is for the caller
+bench_options() {
+  QUICK=0 BUILD=1 STRICT="" KEEP=0 FALLACY_BIN="$ROOT/target/release/fallacy"
+  while [ $# -gt 0 ]; do
+    TOOK=1
+    case "$1" in
+      --quick) QUICK=1 ;;
+      --no-build) BUILD=0 ;;
+      --fallacy-bin) FALLACY_BIN=${2:-}; TOOK=2 ;;
+      --out) OUT=${2:-}; TOOK=2 ;;
+      --strict) STRICT="--strict" ;;
+      --keep-logs) KEEP=1 ;;
+      -h|--help) usage; exit 0 ;;
+      *) own_option "$1" "${2:-}" || { echo "unknown option: $1" >&2; usage >&2; exit 2; } ;;
+    esac
+    [ "$TOOK" -le $# ] || { echo "$1 needs a value" >&2; exit 2; }
+    shift "$TOOK"
+  done
+}
 
 bench_init() {
   BENCH_NAME=$1
@@ -19,14 +44,20 @@ die() { log "error: $*"; exit 1; }
 bench_cleanup() {
   local rc=$?
   set +e
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  local all=("${PIDS[@]}") pid
+  # the children of our processes (socat forks one per connection) are ours too
+  for pid in "${PIDS[@]}"; do
+    # shellcheck disable=SC2207  # PIDs have no spaces
+    all+=($(pgrep -P "$pid" 2>/dev/null))
+  done
+  for pid in "${all[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for _ in $(seq 1 30); do
     local left=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    for pid in "${all[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
     [ "$left" = 0 ] && break
     sleep 0.1
   done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  for pid in "${all[@]}"; do kill -KILL "$pid" 2>/dev/null; done
   wait 2>/dev/null
   if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
     log "logs kept in $WORK"
@@ -91,19 +122,50 @@ fallacy_identity() {
   fi
 }
 
-# ensure_haproxy: HAPROXY (its path) and HAPROXY_VERSION; installs the Debian package when haproxy
-# is missing, running `apt-get update` first if the plain install fails.
+# ensure_tools CMD[:PACKAGE]...: installs the Debian packages of the commands that are missing
+# (one `apt-get install -y`, with `apt-get update` first only if the plain install fails).
+ensure_tools() {
+  local want=() spec
+  for spec in "$@"; do
+    command -v "${spec%%:*}" >/dev/null 2>&1 || want+=("${spec#*:}")
+  done
+  [ "${#want[@]}" = 0 ] && return 0
+  log "installing ${want[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y "${want[@]}" >"$WORK/apt.log" 2>&1 \
+    || { apt-get update >>"$WORK/apt.log" 2>&1 && apt-get install -y "${want[@]}" >>"$WORK/apt.log" 2>&1; } \
+    || die "could not install ${want[*]} (see $WORK/apt.log)"
+}
+
+# ensure_haproxy: HAPROXY (its path) and HAPROXY_VERSION; installs the Debian package when missing.
 ensure_haproxy() {
-  if ! command -v haproxy >/dev/null 2>&1; then
-    log "installing haproxy"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y haproxy >"$WORK/apt.log" 2>&1 \
-      || { apt-get update >>"$WORK/apt.log" 2>&1 && apt-get install -y haproxy >>"$WORK/apt.log" 2>&1; } \
-      || die "could not install haproxy (see $WORK/apt.log)"
-  fi
+  ensure_tools haproxy
   HAPROXY=$(command -v haproxy)
   # shellcheck disable=SC2034  # for the caller
   HAPROXY_VERSION=$("$HAPROXY" -v 2>/dev/null | awk 'NR == 1 {print $3}') || HAPROXY_VERSION="?"
+}
+
+# raise_nofile: soft open-file limit up to the hard one (for this shell and what it starts);
+# NOFILE is the result ("unlimited" or a number).
+raise_nofile() {
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  # shellcheck disable=SC2034  # for the caller
+  NOFILE=$(ulimit -n)
+}
+
+# run_driver SCRIPT ARGS...: `python3 $HERE/SCRIPT --config $WORK/config.json ARGS`, with --quick
+# and --strict when QUICK=1 and STRICT are set; in the background, so that a signal reaches the
+# trap (and the cleanup) at once. Exits with its status.
+run_driver() {
+  local extra=() py rc=0
+  [ "$QUICK" = 1 ] && extra+=(--quick)
+  [ -n "$STRICT" ] && extra+=("$STRICT")
+  python3 "$HERE/$1" --config "$WORK/config.json" "${@:2}" "${extra[@]}" &
+  py=$!
+  PIDS=("$py" "${PIDS[@]}")
+  wait "$py" || rc=$?
+  PIDS=("${PIDS[@]:1}")
+  exit "$rc"
 }
 
 free_ports() { # N: prints N loopback ports that were free a moment ago, space-separated
@@ -163,4 +225,31 @@ fallacy_proxy() { # VAR NAME UPSTREAM [PROTOCOL]: creates a proxy on a free port
   addr=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen"])' "$WORK/fa-$name.json") \
     || die "creating fallacy proxy $name: no listen address in $(cat "$WORK/fa-$name.json")"
   printf -v "$var" '%s' "$addr"
+}
+
+declare -A SOCAT SOCAT_PID
+start_socat() { # ROLE UPSTREAM: `socat TCP-LISTEN:PORT,fork TCP:UPSTREAM` on a free port (one process
+  local role=$1 up=$2 port pid  # per connection, TCP_NODELAY both sides); SOCAT[ROLE]=addr
+  port=$(free_ports 1)
+  socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr,backlog=4096,nodelay" "TCP:$up,nodelay" \
+    2>"$WORK/socat-$role.log" &
+  pid=$!
+  PIDS+=("$pid")
+  wait_accepting "127.0.0.1:$port" || die "socat $role did not start: $(cat "$WORK/socat-$role.log")"
+  # shellcheck disable=SC2034  # for the caller
+  SOCAT[$role]="127.0.0.1:$port"
+  # shellcheck disable=SC2034
+  SOCAT_PID[$role]=$pid
+}
+
+start_iperf3() { # ROLE: a long-running `iperf3 -s` on a free loopback port; UP[ROLE]=addr
+  local role=$1 port pid
+  port=$(free_ports 1)
+  # --rcv-timeout: a test whose client vanished is given up after 10 s without data
+  iperf3 -s -B 127.0.0.1 -p "$port" -i 0 --forceflush --rcv-timeout 10000 >"$WORK/up-$role.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  wait_line "$WORK/up-$role.log" "listening on $port" "$pid" || die "iperf3 -s did not start: $(cat "$WORK/up-$role.log")"
+  UP[$role]="127.0.0.1:$port"
+  log "upstream $role (iperf3 -s) on ${UP[$role]} (pid $pid)"
 }

@@ -20,7 +20,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
-#[command(name = "loadgen", about = "Upstream servers and load clients for bench/e2e.sh (loopback only)")]
+#[command(name = "loadgen", about = "Upstream servers and load clients for bench/perf (loopback only)")]
 struct Cli {
     /// Tokio worker threads; 0 or 1 = a single-threaded runtime.
     #[arg(long, global = true, default_value_t = 1)]
