@@ -100,3 +100,70 @@ async fn the_document_is_valid_openapi() {
     );
     assert_eq!(doc["openapi"], "3.1.0");
 }
+
+/// Every operation that binds a listener documents the 500 of a bind failure (and the API fuzz
+/// test, tests/api_fuzz.rs, accepts a 500 only there); no other 5xx is documented but `/readyz`'s
+/// 503 and `/log-level`'s 501. Each create links to the operations on what it created, with the
+/// new name from the answer: schemathesis's stateful phase follows these links.
+#[tokio::test]
+async fn bind_failures_and_links_are_documented() {
+    let f = Fallacy::start().await;
+    let (_, doc) = f.call("GET", "/openapi.json", None).await;
+    let binds = [
+        ("post", "/proxies"),
+        ("post", "/populate"),
+        ("post", "/proxies/{proxy}"),
+        ("patch", "/proxies/{proxy}"),
+        ("post", "/reset"),
+    ];
+    let mut ids = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            ids.insert(op["operationId"].as_str().unwrap().to_owned());
+            for code in op["responses"].as_object().unwrap().keys() {
+                if !code.starts_with('5') {
+                    continue;
+                }
+                let allowed = match code.as_str() {
+                    "500" => binds.contains(&(method.as_str(), path.as_str())),
+                    "501" => path == "/log-level",
+                    "503" => path == "/readyz",
+                    _ => false,
+                };
+                assert!(allowed, "{method} {path} documents a {code}");
+            }
+        }
+    }
+    for (method, path) in binds {
+        assert!(
+            doc["paths"][path][method]["responses"]["500"].is_object(),
+            "{method} {path}: no 500"
+        );
+    }
+
+    let proxy_links = &doc["paths"]["/proxies"]["post"]["responses"]["201"]["links"];
+    assert_eq!(
+        proxy_links["delete__proxies__proxy_"]["parameters"],
+        serde_json::json!({"proxy": "$response.body#/name"})
+    );
+    let toxic_links = &doc["paths"]["/proxies/{proxy}/toxics"]["post"]["responses"]["200"]["links"];
+    assert_eq!(
+        toxic_links["patch__proxies__proxy__toxics__toxic_"]["parameters"],
+        serde_json::json!({"proxy": "$request.path.proxy", "toxic": "$response.body#/name"})
+    );
+    for (create, code, count) in [
+        ("/proxies", "201", 8),
+        ("/proxies/{proxy}/toxics", "200", 4),
+        ("/partitions", "201", 2),
+        ("/scenarios", "201", 2),
+    ] {
+        let links = doc["paths"][create]["post"]["responses"][code]["links"]
+            .as_object()
+            .unwrap_or_else(|| panic!("POST {create}: no links"));
+        assert_eq!(links.len(), count, "POST {create}: {links:?}");
+        for link in links.values() {
+            let target = link["operationId"].as_str().unwrap();
+            assert!(ids.contains(target), "POST {create} links to {target}");
+        }
+    }
+}

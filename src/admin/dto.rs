@@ -223,7 +223,15 @@ impl ProxyIn {
             upstreams,
             drain,
             protocol: self.protocol()?,
-            listen: self.listen,
+            // Empty means the default, as on create (it was a 500: "listen : invalid socket
+            // address").
+            listen: self.listen.map(|l| {
+                if l.is_empty() {
+                    DEFAULT_LISTEN.into()
+                } else {
+                    l
+                }
+            }),
             upstream,
             enabled: self.enabled,
             fault_header: self.fault_header,

@@ -33,6 +33,9 @@ pub enum Error {
     /// A query parameter is missing or wrong.
     #[error("bad query: {0}")]
     BadQuery(String),
+    /// A path segment cannot be read (not UTF-8 once percent-decoded).
+    #[error("bad path: {0}")]
+    BadPath(String),
     /// Too few samples (used by extensions).
     #[error("{0}")]
     Unprocessable(String),
@@ -56,7 +59,8 @@ impl Error {
             | Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Store(S::MissingField(_) | S::Envelope(_) | S::Attr(_))
             | Error::BadBody(_)
-            | Error::BadQuery(_) => StatusCode::BAD_REQUEST,
+            | Error::BadQuery(_)
+            | Error::BadPath(_) => StatusCode::BAD_REQUEST,
             Error::Store(S::Listen { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::BrowserRefused => StatusCode::FORBIDDEN,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,

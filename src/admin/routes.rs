@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::dto::{ProxyIn, ProxyOut, parse_body};
@@ -19,6 +21,36 @@ use crate::toxic::{Envelope, ToxicPatch, ToxicSpec};
 
 type S = State<Arc<AdminState>>;
 type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// axum's `Path`, refused with the API's JSON error (`/proxies/%FF`: not UTF-8) rather than
+/// axum's plain text.
+pub(super) struct Path<T>(T);
+
+impl<T: DeserializeOwned + Send, St: Send + Sync> FromRequestParts<St> for Path<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|e| Error::BadPath(e.body_text()))
+    }
+}
+
+/// axum's `Query`, refused with the API's JSON error (`?limit=1&limit=2`) rather than axum's
+/// plain text.
+pub(super) struct Query<T>(T);
+
+impl<T: DeserializeOwned + Send, St: Send + Sync> FromRequestParts<St> for Query<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|e| Error::BadQuery(e.body_text()))
+    }
+}
 
 pub(super) async fn proxy_index(State(st): S) -> Json<BTreeMap<String, ProxyOut>> {
     let proxies = st.store.list().await;

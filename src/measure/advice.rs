@@ -73,7 +73,9 @@ pub fn advise(durations: &Snapshot, rate: f64) -> Result<Advice, NoAdvice> {
 /// The fewest samples for which the largest one bounds the `1 - rate` quantile at
 /// [`CONFIDENCE`]: the smallest n with (1 - rate)^n <= 1 - CONFIDENCE.
 pub fn samples_needed(rate: f64) -> u64 {
-    ((1.0 - CONFIDENCE).ln() / (1.0 - rate).ln()).ceil() as u64
+    // ln_1p: `(1.0 - rate).ln()` is exactly 0 below rate ~1e-16, which made this 0. The cast
+    // saturates for the tiniest rates.
+    ((1.0 - CONFIDENCE).ln() / (-rate).ln_1p()).ceil() as u64
 }
 
 /// The most samples that may lie above the order statistic used as the bound: the largest m
@@ -175,6 +177,9 @@ mod tests {
     fn refuses_without_enough_samples_and_says_how_many_it_needs() {
         assert_eq!(samples_needed(0.001), 2995);
         assert_eq!(samples_needed(0.05), 59);
+        // Below ~1e-16, 1 - rate rounds to 1: the count must still grow, not fall to 0.
+        assert_eq!(samples_needed(1e-17), 299_573_227_355_398_976);
+        assert_eq!(samples_needed(1e-300), u64::MAX);
         let few = exponential(58, 10.0, 1);
         assert_eq!(
             advise(&few, 0.05),
