@@ -222,6 +222,34 @@ async fn timeout_zero_holds_until_removed_then_closes() {
 }
 
 #[tokio::test]
+async fn reset_peer_removed_before_it_fires_closes_rather_than_lose_bytes() {
+    let (f, _echo, addr) = setup().await;
+    f.toxic(
+        "p",
+        json!({"type": "reset_peer", "name": "rst", "stream": "upstream", "attributes": {"timeout": 2000}}),
+    )
+    .await;
+    let mut s = connect(addr).await;
+    s.write_all(b"first;").await.unwrap();
+    assert_silent(&mut s, Duration::from_millis(200)).await;
+    assert_eq!(
+        f.call_raw("DELETE", "/proxies/p/toxics/rst", None).await.0,
+        204
+    );
+    // "first;" is gone: carrying on with "second;" alone would corrupt the stream.
+    assert_closed(&mut s, Duration::from_secs(1)).await;
+    // A connection it never triggered on goes on untouched after a removal.
+    f.toxic(
+        "p",
+        json!({"type": "reset_peer", "name": "rst", "stream": "upstream", "attributes": {"timeout": 2000}}),
+    )
+    .await;
+    let mut idle = connect(addr).await;
+    f.call_raw("DELETE", "/proxies/p/toxics/rst", None).await;
+    round_trip(&mut idle, b"second;").await;
+}
+
+#[tokio::test]
 async fn reset_peer_resets_after_the_first_data() {
     let (f, _echo, addr) = setup().await;
     f.toxic(

@@ -53,4 +53,11 @@ impl Toxic for ResetPeer {
         self.fired = true;
         Verdict::Reset(now)
     }
+
+    /// Once triggered it has dropped bytes: removed before its reset, it must not let the
+    /// stream go on without them (found by bench/soak), so the connection closes, as for
+    /// `timeout`.
+    fn closes_on_removal(&self) -> bool {
+        self.reset_at.is_some() && !self.fired
+    }
 }
