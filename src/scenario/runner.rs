@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::record::{self, Recorder};
 use super::{Action, Change, Model, Scenario};
+use crate::proxy::UpstreamSet;
 use crate::state::{ProxyPatch, Store};
 use crate::toxic::{AttrError, Envelope, ToxicPatch};
 
@@ -263,7 +264,7 @@ async fn play(
     stop: CancellationToken,
     every: Duration,
 ) {
-    let mut originals: BTreeMap<String, String> = BTreeMap::new();
+    let mut originals: BTreeMap<String, Original> = BTreeMap::new();
     let mut cycle = 0u32;
     info!(scenario = %scenario.name, "scenario started");
     let stopped = 'cycles: loop {
@@ -330,11 +331,17 @@ async fn play(
     info!(scenario = %scenario.name, stopped, "scenario over");
 }
 
+/// A proxy's upstream before the scenario switched it: the address, and its set of upstreams
+/// when it has one. (Restoring the address alone replaced a set with its first member, so a
+/// cycle did not end where it started: fuzz target scenario_file, whose input is kept in
+/// fuzz/regressions/scenario_file/upstream_set_restored.toml.)
+type Original = (String, Option<UpstreamSet>);
+
 /// Applies one change through the store.
 async fn apply(
     store: &Store,
     action: &Action,
-    originals: &mut BTreeMap<String, String>,
+    originals: &mut BTreeMap<String, Original>,
 ) -> Result<(), String> {
     let result = match action {
         Action::AddToxic { proxy, toxic, .. } => {
@@ -357,7 +364,9 @@ async fn apply(
         }
         Action::Upstream { proxy, upstream } => {
             if let Ok(v) = store.get(proxy).await {
-                originals.entry(proxy.clone()).or_insert(v.upstream);
+                originals
+                    .entry(proxy.clone())
+                    .or_insert((v.upstream, v.upstreams));
             }
             let patch = ProxyPatch {
                 upstream: Some(upstream.clone()),
@@ -366,9 +375,10 @@ async fn apply(
             store.update(proxy, patch).await.map(|_| ())
         }
         Action::RestoreUpstream(proxy) => match originals.remove(proxy) {
-            Some(upstream) => {
+            Some((upstream, upstreams)) => {
                 let patch = ProxyPatch {
                     upstream: Some(upstream),
+                    upstreams,
                     ..ProxyPatch::default()
                 };
                 store.update(proxy, patch).await.map(|_| ())

@@ -244,6 +244,32 @@ impl LatencyModel {
     }
 }
 
+/// The largest `file` of empirical samples read (a million delays take about 8 MB).
+const MAX_SAMPLES_FILE: u64 = 16 * 1024 * 1024;
+
+/// Reads a `file` of empirical samples: a regular file of at most [`MAX_SAMPLES_FILE`] bytes.
+/// It is read while the request or config that names it is checked, so a device or a pipe
+/// must not be read: `/dev/zero` never ends (fuzz target config_toml ran out of memory on
+/// it; input kept in fuzz/regressions/config_toml/), and a FIFO would block the admin API's
+/// thread.
+fn read_samples_file(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_SAMPLES_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SAMPLES_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_SAMPLES_FILE >> 20
+        )));
+    }
+    Ok(text)
+}
+
 /// Empirical samples from `samples` or `file`, sorted, all non-negative.
 fn empirical(a: &LatencyAttrs) -> Result<Vec<f64>, AttrError> {
     let mut values: Vec<f64> = match (&a.samples, &a.file) {
@@ -259,7 +285,7 @@ fn empirical(a: &LatencyAttrs) -> Result<Vec<f64>, AttrError> {
             samples.iter().map(|s| s.as_ms()).collect()
         }
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
+            let text = read_samples_file(path)
                 .map_err(|e| AttrError::attribute("file", format!("cannot read {path:?}: {e}")))?;
             let mut values = Vec::new();
             for (n, line) in text.lines().enumerate() {
@@ -374,8 +400,12 @@ impl Toxic for Latency {
             chunk.at += self.draw(chunk.data.len(), cx);
             self.delayed_once = true;
         } else if self.model.per_kb_us > 0.0 {
-            chunk.at +=
-                Duration::from_secs_f64(self.model.per_kb_us * chunk.data.len() as f64 / 1e9);
+            // Capped at 1e9 s as `draw` caps: a huge `per_byte` (1e300) overflowed a Duration
+            // and from_secs_f64 panicked on a connection's second chunk (fuzz target
+            // http_request; input kept in fuzz/regressions/http_request/).
+            chunk.at += Duration::from_secs_f64(
+                (self.model.per_kb_us * chunk.data.len() as f64 / 1e9).min(1e9),
+            );
         }
         out.push(chunk);
         Verdict::Continue

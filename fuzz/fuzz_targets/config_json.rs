@@ -1,0 +1,4 @@
+#![no_main]
+//! See fuzz/src/lib.rs: `fallacy_fuzz::config_json`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fallacy_fuzz::config_json(data));
