@@ -44,38 +44,27 @@ pub fn auto_max_connections(nofile: Option<u64>) -> Option<u64> {
     Some((limit.saturating_sub(reserved_fds(limit)) / 2).max(1))
 }
 
-/// The server-wide count and limit every proxy admits against.
+/// The server-wide count and limit every proxy admits against. The limit is fixed at start
+/// (a reload does not change `[server]` settings).
 #[derive(Debug, Default)]
 pub struct Total {
     open: AtomicUsize,
     /// 0: no limit.
-    max: AtomicUsize,
+    max: usize,
 }
 
 impl Total {
     /// A count with this limit (0: none).
     pub fn new(max: u64) -> Total {
-        let total = Total::default();
-        total.set_max(max);
-        total
-    }
-
-    /// A new limit, for the next accepts.
-    pub fn set_max(&self, max: u64) {
-        self.max.store(
-            usize::try_from(max).unwrap_or(usize::MAX),
-            Ordering::Relaxed,
-        );
+        Total {
+            open: AtomicUsize::new(0),
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+        }
     }
 
     /// The limit, 0 for none.
     pub fn max(&self) -> u64 {
-        self.max.load(Ordering::Relaxed) as u64
-    }
-
-    /// Connections open on every proxy together.
-    pub fn open(&self) -> u64 {
-        self.open.load(Ordering::Relaxed) as u64
+        self.max as u64
     }
 }
 
@@ -111,7 +100,7 @@ pub fn admit(link: &Arc<Link>) -> Result<Slot, Refusal> {
         return Err(Refusal::Proxy);
     }
     let total = &link.settings().total;
-    if !take(&total.open, total.max.load(Ordering::Relaxed)) {
+    if !take(&total.open, total.max) {
         link.open_counter().fetch_sub(1, Ordering::Relaxed);
         return Err(Refusal::Total);
     }
