@@ -293,25 +293,22 @@ fn empirical(a: &LatencyAttrs) -> Result<Vec<f64>, AttrError> {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
+                // The line itself is not quoted: `file` can name any file fallacy can read, and
+                // an error must not hand its contents to whoever called the API.
                 let ms = match line.parse::<f64>() {
-                    Ok(ms) if ms.is_finite() && ms >= 0.0 => ms,
-                    Ok(_) => {
-                        return Err(AttrError::attribute(
-                            "file",
-                            format!(
-                                "{path}:{}: {line:?} is not a delay (non-negative milliseconds)",
-                                n + 1
-                            ),
-                        ));
-                    }
-                    Err(_) => {
-                        parse_duration(line)
-                            .map_err(|e| {
-                                AttrError::attribute("file", format!("{path}:{}: {e}", n + 1))
-                            })?
-                            .as_secs_f64()
-                            * 1e3
-                    }
+                    Ok(ms) if ms.is_finite() && ms >= 0.0 => Some(ms),
+                    Ok(_) => None,
+                    Err(_) => parse_duration(line).ok().map(|d| d.as_secs_f64() * 1e3),
+                };
+                let Some(ms) = ms else {
+                    return Err(AttrError::attribute(
+                        "file",
+                        format!(
+                            "{path}:{}: not a delay (non-negative milliseconds, or a duration \
+                             such as 30ms)",
+                            n + 1
+                        ),
+                    ));
                 };
                 values.push(ms);
             }

@@ -245,9 +245,14 @@ fn empirical_files_take_milliseconds_and_durations() {
     );
     // The file path is what the API shows, not the samples.
     assert_eq!(kind.attributes()["file"], json!(path));
-    std::fs::write(&path, "fast\n").unwrap();
+    // A bad line is named by number and never quoted: the file may hold anything.
+    std::fs::write(&path, "1ms\nsecret-token\n").unwrap();
     let err = latency(json!({"distribution": "empirical", "file": path})).unwrap_err();
-    assert!(err.message.contains(":1:"), "{err}");
+    assert!(err.message.contains(":2: not a delay"), "{err}");
+    assert!(!err.message.contains("secret"), "{err}");
+    std::fs::write(&path, "-5\n").unwrap();
+    let err = latency(json!({"distribution": "empirical", "file": path})).unwrap_err();
+    assert!(err.message.contains(":1: not a delay"), "{err}");
     std::fs::write(&path, "# nothing\n").unwrap();
     let err = latency(json!({"distribution": "empirical", "file": path})).unwrap_err();
     assert!(err.message.contains("no samples"), "{err}");
