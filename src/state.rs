@@ -609,27 +609,40 @@ impl Store {
     }
 
     /// Drives a `flap` toxic: up for `up`, down for `down`, until the toxic is removed or
-    /// replaced (an update starts a new driver) or the server stops.
+    /// replaced (an update starts a new driver), its proxy is gone, or the server stops.
     fn drive_flap(&self, link: &Arc<Link>, spec: &Arc<ToxicSpec>) {
         let crate::toxic::ToxicKind::Flap(attrs) = &spec.kind else {
             return;
         };
-        let (link, spec, attrs) = (link.clone(), spec.clone(), attrs.clone());
+        let mut cx = crate::toxic::ToxicCx {
+            rng: link.rng_for(0, FLAP_STREAM),
+        };
+        let mut changes = link.subscribe();
+        // Held weakly: a strong link would keep its own change channel open, so a deleted or
+        // replaced proxy's driver never learnt it was gone and ran (holding the link) until the
+        // server stopped; the 30-minute soak counted one task more per such proxy. Once the
+        // last connection lets the link go, `changes` reports it closed.
+        let link = Arc::downgrade(link);
+        let (spec, attrs) = (spec.clone(), attrs.clone());
         let stop = self.inner.accept_root.clone();
         tokio::spawn(async move {
-            let mut cx = crate::toxic::ToxicCx {
-                rng: link.rng_for(0, FLAP_STREAM),
+            let present = || {
+                link.upgrade()
+                    .is_some_and(|link| link.toxics().iter().any(|t| Arc::ptr_eq(t, &spec)))
             };
-            let mut changes = link.subscribe();
-            let present = |link: &Link| link.toxics().iter().any(|t| Arc::ptr_eq(t, &spec));
-            // Waits `d`; false once the toxic is gone or the server stops.
+            let set_flap = |bits| {
+                if let Some(link) = link.upgrade() {
+                    link.set_flap(bits);
+                }
+            };
+            // Waits `d`; false once the toxic or its proxy is gone, or the server stops.
             let mut wait = async |d: std::time::Duration| {
                 let until = tokio::time::Instant::now() + d;
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return false,
-                        _ = tokio::time::sleep_until(until) => return present(&link),
-                        changed = changes.changed() => if changed.is_err() || !present(&link) {
+                        _ = tokio::time::sleep_until(until) => return present(),
+                        changed = changes.changed() => if changed.is_err() || !present() {
                             return false;
                         },
                     }
@@ -641,16 +654,18 @@ impl Store {
                 }
                 let down = attrs.draw(attrs.down, &mut cx.rng);
                 if spec.applies(&mut cx) {
-                    info!(proxy = %link.name(), toxic = %spec.name, ?down, "flap: link down");
-                    link.set_flap(attrs.down_bits());
+                    if let Some(link) = link.upgrade() {
+                        info!(proxy = %link.name(), toxic = %spec.name, ?down, "flap: link down");
+                        link.set_flap(attrs.down_bits());
+                    }
                 }
                 let going = wait(down).await;
-                link.set_flap(0);
+                set_flap(0);
                 if !going {
                     break;
                 }
             }
-            link.set_flap(0);
+            set_flap(0);
         });
     }
 

@@ -213,3 +213,60 @@ async fn a_recovered_upstream_is_used_again_at_once() {
     .await;
     assert_eq!(exchange(proxy, Duration::from_secs(2)).await, Some(true));
 }
+
+/// A proxy deleted with a `flap` toxic on it leaves no task behind. The flap's driver held its
+/// link strongly, which kept the link's change channel open, so it never saw the proxy go and
+/// ran until the server stopped: the 30-minute soak ended with 12 tasks more at rest.
+#[tokio::test]
+async fn a_deleted_proxy_leaves_no_flap_driver_behind() {
+    use fallacy::proxy::{Protocol, Settings};
+    use fallacy::state::{NewProxy, Store};
+    use fallacy::toxic::Envelope;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    let stop = CancellationToken::new();
+    let store = Store::new(
+        Settings::default(),
+        stop.clone(),
+        stop.clone(),
+        TaskTracker::new(),
+    );
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = alive();
+    for _ in 0..3 {
+        let proxy = NewProxy {
+            name: "p".into(),
+            listen: "127.0.0.1:0".into(),
+            upstream: "127.0.0.1:9".into(),
+            enabled: true,
+            protocol: Protocol::Tcp,
+            fault_header: true,
+            rewrite_host: None,
+            measure: Default::default(),
+            labels: None,
+            upstreams: None,
+        };
+        store.create(proxy).await.unwrap();
+        let flap = json!({"name": "f", "type": "flap", "attributes": {"up": 5, "down": 5}});
+        let flap: Envelope = serde_json::from_value(flap).unwrap();
+        store.add_toxic("p", flap).await.unwrap();
+        // Long enough to go down and up at least once.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        store.delete("p").await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while alive() > before {
+        assert!(
+            Instant::now() < deadline,
+            "{} tasks alive 2 s after the deletes, {before} before",
+            alive()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+}
