@@ -219,19 +219,11 @@ async fn a_recovered_upstream_is_used_again_at_once() {
 /// ran until the server stopped: the 30-minute soak ended with 12 tasks more at rest.
 #[tokio::test]
 async fn a_deleted_proxy_leaves_no_flap_driver_behind() {
-    use fallacy::proxy::{Protocol, Settings};
-    use fallacy::state::{NewProxy, Store};
     use fallacy::toxic::Envelope;
     use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
 
     let stop = CancellationToken::new();
-    let store = Store::new(
-        Settings::default(),
-        stop.clone(),
-        stop.clone(),
-        TaskTracker::new(),
-    );
+    let store = support::bare_store(&stop);
     let alive = || {
         tokio::runtime::Handle::current()
             .metrics()
@@ -239,19 +231,7 @@ async fn a_deleted_proxy_leaves_no_flap_driver_behind() {
     };
     let before = alive();
     for _ in 0..3 {
-        let proxy = NewProxy {
-            name: "p".into(),
-            listen: "127.0.0.1:0".into(),
-            upstream: "127.0.0.1:9".into(),
-            enabled: true,
-            protocol: Protocol::Tcp,
-            fault_header: true,
-            rewrite_host: None,
-            measure: Default::default(),
-            labels: None,
-            upstreams: None,
-        };
-        store.create(proxy).await.unwrap();
+        store.create(support::new_proxy("p")).await.unwrap();
         let flap = json!({"name": "f", "type": "flap", "attributes": {"up": 5, "down": 5}});
         let flap: Envelope = serde_json::from_value(flap).unwrap();
         store.add_toxic("p", flap).await.unwrap();

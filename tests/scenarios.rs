@@ -5,28 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use fallacy::proxy::{Protocol, Settings};
 use fallacy::scenario::{Scenario, runner};
-use fallacy::state::{NewProxy, Store};
+use fallacy::state::Store;
 use serde_json::json;
-use support::Fallacy;
+use support::{Fallacy, bare_store, new_proxy};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-fn new_proxy(name: &str) -> NewProxy {
-    NewProxy {
-        name: name.into(),
-        listen: "127.0.0.1:0".into(),
-        upstream: "127.0.0.1:9".into(),
-        enabled: true,
-        protocol: Protocol::Tcp,
-        fault_header: true,
-        rewrite_host: None,
-        measure: Default::default(),
-        labels: None,
-        upstreams: None,
-    }
-}
 
 async fn toxic_names(store: &Store, proxy: &str) -> Vec<String> {
     store
@@ -43,12 +26,7 @@ async fn toxic_names(store: &Store, proxy: &str) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn the_runner_applies_each_change_at_its_time_and_undoes_the_rest() {
     let stop = CancellationToken::new();
-    let store = Store::new(
-        Settings::default(),
-        stop.clone(),
-        stop.clone(),
-        TaskTracker::new(),
-    );
+    let store = bare_store(&stop);
     store.create(new_proxy("db")).await.unwrap();
     store.create(new_proxy("cache")).await.unwrap();
     let scenario = Scenario::from_toml(

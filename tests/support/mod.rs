@@ -304,3 +304,30 @@ pub async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Duration {
     assert_eq!(back, msg);
     start.elapsed()
 }
+
+/// A store with no server around it, its proxies stopped by `stop`: for driving the state
+/// directly (paused time, task counts).
+pub fn bare_store(stop: &CancellationToken) -> fallacy::state::Store {
+    fallacy::state::Store::new(
+        fallacy::proxy::Settings::default(),
+        stop.clone(),
+        stop.clone(),
+        tokio_util::task::TaskTracker::new(),
+    )
+}
+
+/// A TCP proxy on a free port to the discard port, with every option at its default.
+pub fn new_proxy(name: &str) -> fallacy::state::NewProxy {
+    fallacy::state::NewProxy {
+        name: name.into(),
+        listen: "127.0.0.1:0".into(),
+        upstream: "127.0.0.1:9".into(),
+        enabled: true,
+        protocol: fallacy::proxy::Protocol::Tcp,
+        fault_header: true,
+        rewrite_host: None,
+        measure: Default::default(),
+        labels: None,
+        upstreams: None,
+    }
+}
