@@ -10,6 +10,8 @@
 //! the bind failure is exercised) and every `upstream` to a closed loopback port, right before
 //! each request is sent; `POST /shutdown` is left out. The same file holds the custom checks.
 
+mod support;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -66,7 +68,7 @@ async fn schemathesis_finds_nothing() {
         .unwrap();
 
     let started = Instant::now();
-    let child = Command::new("python3")
+    let child = support::loopback_client("python3")
         .args(["-m", "schemathesis.cli", "run"])
         .arg(format!("{base}/openapi.json"))
         .args(["--url", &base])
@@ -87,17 +89,6 @@ async fn schemathesis_finds_nothing() {
         )
         .env("FALLACY_FUZZ_BUSY_LISTEN", &admin)
         .env("FALLACY_FUZZ_UPSTREAM", closed.to_string())
-        // Never let an HTTP proxy from the environment get between schemathesis and loopback.
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env_remove("http_proxy")
-        .env_remove("HTTP_PROXY")
-        .env_remove("https_proxy")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("all_proxy")
-        .env_remove("ALL_PROXY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("python3 is needed for the API fuzz test");
     let out = tokio::time::timeout(LIMIT, child.wait_with_output())

@@ -99,7 +99,7 @@ async fn chaostoolkit_toxiproxy_experiment() {
         Ok(p) if !p.is_empty() => format!("{compat}:{p}"),
         _ => compat.to_owned(),
     };
-    let child = Command::new("python3")
+    let child = support::loopback_client("python3")
         .args(["-m", "chaostoolkit", "--no-version-check", "--settings"])
         .arg(&settings)
         .arg("--log-file")
@@ -116,15 +116,6 @@ async fn chaostoolkit_toxiproxy_experiment() {
         .env("CTK_DEAD_PORT", dead.port().to_string())
         // fallacy_traffic.py, the experiment's traffic probes.
         .env("PYTHONPATH", pythonpath)
-        // Never let an HTTP proxy from the environment get between the driver and loopback.
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env_remove("http_proxy")
-        .env_remove("HTTP_PROXY")
-        .env_remove("all_proxy")
-        .env_remove("ALL_PROXY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("python3 is needed for the Toxiproxy client tests");
     let out = tokio::time::timeout(LIMIT, child.wait_with_output())

@@ -331,3 +331,25 @@ pub fn new_proxy(name: &str) -> fallacy::state::NewProxy {
         upstreams: None,
     }
 }
+
+/// A client process that must reach loopback directly: no HTTP proxy from the environment
+/// between it and fallacy. Its output is captured, and it dies with its handle.
+pub fn loopback_client(program: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command.env("NO_PROXY", "127.0.0.1,localhost");
+    for var in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
