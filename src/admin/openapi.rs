@@ -56,6 +56,29 @@ const fn with_query(o: Op, query: &'static [(&'static str, &'static str)]) -> Op
     Op { query, ..o }
 }
 
+/// `POST` and `PATCH /proxies/{proxy}`: the same update under two methods.
+const fn proxy_update(method: &'static str, summary: &'static str) -> Op {
+    answers(
+        with_query(
+            with_body(
+                op(
+                    method,
+                    "/proxies/{proxy}",
+                    summary,
+                    &[OK, BAD, MISSING, LISTEN],
+                ),
+                PROXY_BODY,
+                "ProxyUpdate",
+            ),
+            &[(
+                "drain",
+                "true: close open connections when the upstream changes",
+            )],
+        ),
+        "Proxy",
+    )
+}
+
 const OK: (u16, &str) = (200, "OK");
 const BAD: (u16, &str) = (400, "bad body or query: the error names the field");
 const MISSING: (u16, &str) = (404, "no such proxy, toxic, partition or scenario");
@@ -110,44 +133,8 @@ const OPS: &[Op] = &[
         ),
         "Proxy",
     ),
-    answers(
-        with_query(
-            with_body(
-                op(
-                    "post",
-                    "/proxies/{proxy}",
-                    "Update a proxy",
-                    &[OK, BAD, MISSING, LISTEN],
-                ),
-                PROXY_BODY,
-                "ProxyUpdate",
-            ),
-            &[(
-                "drain",
-                "true: close open connections when the upstream changes",
-            )],
-        ),
-        "Proxy",
-    ),
-    answers(
-        with_query(
-            with_body(
-                op(
-                    "patch",
-                    "/proxies/{proxy}",
-                    "Update a proxy (as POST)",
-                    &[OK, BAD, MISSING, LISTEN],
-                ),
-                PROXY_BODY,
-                "ProxyUpdate",
-            ),
-            &[(
-                "drain",
-                "true: close open connections when the upstream changes",
-            )],
-        ),
-        "Proxy",
-    ),
+    proxy_update("post", "Update a proxy"),
+    proxy_update("patch", "Update a proxy (as POST)"),
     op(
         "delete",
         "/proxies/{proxy}",
