@@ -46,6 +46,8 @@ pub struct Config {
     /// The most connections all proxies hold together; `None` is "auto": what the open-file
     /// limit allows (see [`crate::limits`]); 0 is no limit.
     pub max_connections: Option<u64>,
+    /// Threads TCP connections run on; `None` is "auto": one per CPU.
+    pub threads: Option<usize>,
     /// Proxies to create at start, with their toxics.
     pub proxies: Vec<ProxyConfig>,
     /// Partitions in force from the start (validated; the API's JSON shape).
@@ -68,6 +70,7 @@ impl Default for Config {
             header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_connections: None,
+            threads: None,
             idle_timeout: None,
             proxies: Vec::new(),
             partitions: Vec::new(),
@@ -242,6 +245,7 @@ struct RawServer {
     shutdown_grace: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<toml::Value>>,
+    threads: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -434,6 +438,22 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
                     format!(
                         "{other} is not a connection limit: an integer from 0 (no limit) to {}, or \"auto\" (from the open-file limit)",
                         crate::measure::MAX_CONNECTIONS_LIMIT
+                    ),
+                ),
+            }
+        }
+        if let Some(raw) = server.threads {
+            let max = crate::proxy::dataplane::MAX_THREADS;
+            match raw.get_ref() {
+                toml::Value::Integer(n) if (1..=max as i64).contains(n) => {
+                    config.threads = Some(*n as usize);
+                }
+                toml::Value::String(s) if s == "auto" => {}
+                other => c.at(
+                    raw.span().start,
+                    "server.threads",
+                    format!(
+                        "{other} is not a thread count: an integer from 1 to {max}, or \"auto\" (one per CPU)"
                     ),
                 ),
             }

@@ -127,12 +127,23 @@ impl Server {
             open_file_limit = nofile,
             "connection limit for all proxies together (0: none)"
         );
+        let threads = config
+            .threads
+            .unwrap_or_else(proxy::dataplane::default_threads);
+        let dataplane = match proxy::dataplane::DataPlane::start(threads) {
+            Ok(plane) => Some(plane),
+            Err(err) => {
+                warn!(%err, threads, "cannot start the data threads; connections run on the main runtime");
+                None
+            }
+        };
         let settings = Settings {
             seed: config.seed,
             connect_timeout: config.connect_timeout,
             header_read_timeout: config.header_read_timeout,
             total: Arc::new(limits::Total::new(max_connections)),
             idle_timeout: config.idle_timeout,
+            dataplane: dataplane.clone(),
         };
         let store = Store::new(
             settings,
@@ -151,7 +162,7 @@ impl Server {
                         _ = stop.cancelled() => return,
                         _ = every.tick() => {
                             handle.run_upkeep();
-                            metrics::tasks_alive();
+                            metrics::tasks_alive(dataplane.as_deref());
                         }
                     }
                 }

@@ -46,6 +46,10 @@ enum Command {
         /// Seed every random draw, so a run can be replayed.
         #[arg(long, value_name = "N")]
         seed: Option<u64>,
+        /// Threads TCP connections run on, each with its own event loop [default: one per
+        /// CPU, or [server] threads from the config].
+        #[arg(long, value_name = "N", env = "FALLACY_THREADS", value_parser = clap::value_parser!(u16).range(1..=fallacy::proxy::dataplane::MAX_THREADS as i64))]
+        threads: Option<u16>,
         /// Require `Authorization: Bearer TOKEN` on every admin route but /healthz and
         /// /readyz. With a token, the admin API may listen beyond loopback.
         #[arg(
@@ -227,6 +231,7 @@ fn main() -> ExitCode {
             config,
             admin,
             seed,
+            threads,
             admin_token,
             admin_token_file,
             metrics_public,
@@ -284,6 +289,7 @@ fn main() -> ExitCode {
                 admin,
                 Config {
                     seed: seed.or(config.seed),
+                    threads: threads.map(usize::from).or(config.threads),
                     admin_token,
                     metrics_public,
                     ..config

@@ -392,10 +392,11 @@ pub(crate) fn scenario_phase(from: Option<&str>, to: Option<&str>) {
     }
 }
 
-/// Samples [`TASKS_ALIVE`] from the runtime this is called on.
-pub(crate) fn tasks_alive() {
+/// Samples [`TASKS_ALIVE`]: the runtime this is called on, plus the data threads'.
+pub(crate) fn tasks_alive(dataplane: Option<&crate::proxy::dataplane::DataPlane>) {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        gauge!(TASKS_ALIVE).set(rt.metrics().num_alive_tasks() as f64);
+        let data = dataplane.map_or(0, |d| d.tasks_alive());
+        gauge!(TASKS_ALIVE).set((rt.metrics().num_alive_tasks() + data) as f64);
     }
 }
 

@@ -10,6 +10,7 @@
 //! snapshot. It outlives a disable/enable cycle, so toxics survive it.
 
 pub mod conn;
+pub mod dataplane;
 pub mod duplex;
 pub mod listener;
 pub mod udp;
@@ -203,6 +204,9 @@ pub struct Settings {
     pub total: Arc<crate::limits::Total>,
     /// TCP proxies: a connection that carries no byte either way for this long is closed.
     pub idle_timeout: Option<Duration>,
+    /// TCP proxies: the threads their connections run on; `None` runs them on the runtime
+    /// that accepted them.
+    pub dataplane: Option<Arc<dataplane::DataPlane>>,
 }
 
 impl Default for Settings {
@@ -213,6 +217,7 @@ impl Default for Settings {
             header_read_timeout: crate::http::DEFAULT_HEADER_READ_TIMEOUT,
             total: Arc::default(),
             idle_timeout: None,
+            dataplane: None,
         }
     }
 }

@@ -914,3 +914,54 @@ fn demo_prints_the_lesson_and_its_figures_as_json() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("--requests"), "{stderr}");
 }
+
+/// The names of `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn threads_sets_the_data_threads_and_a_bad_count_exits_2() {
+    let upstream = echo_upstream();
+    let config = format!(
+        "[server]\nthreads = 2\n[[proxy]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n"
+    );
+    let (_dir, path) = config_file("threads.toml", &config);
+    // The command line wins over the file.
+    let fallacy = Child::spawn(&[
+        "serve",
+        "--admin",
+        "127.0.0.1:0",
+        "--config",
+        &path,
+        "--threads",
+        "3",
+    ]);
+    let (_, proxy) = get(fallacy.admin(), "/proxies/p");
+    let listen: SocketAddr = proxy["listen"].as_str().unwrap().parse().unwrap();
+    let data: Vec<String> = thread_names(fallacy.child.id())
+        .into_iter()
+        .filter(|n| n.starts_with("fallacy-data-"))
+        .collect();
+    assert_eq!(data, ["fallacy-data-0", "fallacy-data-1", "fallacy-data-2"]);
+    // Connections on every thread (they take turns) carry bytes, all open at once.
+    let mut open: Vec<TcpStream> = (0..7)
+        .map(|_| TcpStream::connect_timeout(&listen, WAIT).unwrap())
+        .collect();
+    for s in &mut open {
+        assert!(echoes(s));
+    }
+
+    for bad in ["0", "257", "many", ""] {
+        let mut fallacy = Child::spawn(&["serve", "--admin", "127.0.0.1:0", "--threads", bad]);
+        let (code, stderr) = fallacy.exit_code();
+        assert_eq!(code, Some(2), "--threads {bad:?}: {stderr}");
+        assert!(stderr.contains("--threads"), "--threads {bad:?}: {stderr}");
+    }
+}

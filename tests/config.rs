@@ -476,6 +476,7 @@ fn toml_duration_attributes_and_defaults() {
     assert_eq!(server.seed, Some(u64::MAX));
     assert_eq!(server.connect_timeout, Duration::from_millis(1500));
     assert_eq!(server.shutdown_grace, Duration::from_millis(250));
+    assert_eq!(server.threads, Some(3));
 
     // A loaded config remembers its file (for reloads); the rest is the default.
     for name in ["empty.toml", "empty.json"] {

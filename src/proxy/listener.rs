@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
+use super::dataplane::DataPlane;
 use super::{Link, Protocol, conn};
 
 /// First pause after an accept error such as EMFILE; doubles up to [`MAX_BACKOFF`]. The
@@ -27,6 +28,63 @@ pub async fn serve(
     accept_stop: CancellationToken,
     epoch: Arc<std::sync::Mutex<CancellationToken>>,
     tracker: TaskTracker,
+) {
+    match link.settings().dataplane.clone() {
+        Some(plane) if link.protocol() == Protocol::Tcp => {
+            serve_on_threads(listener, link, accept_stop, epoch, tracker, plane).await;
+        }
+        _ => accept_loop(listener, link, accept_stop, epoch, tracker, None).await,
+    }
+}
+
+/// Where an accept loop runs and where it sends what it accepts.
+struct Placement {
+    plane: Arc<DataPlane>,
+    /// The data thread the loop runs on.
+    home: usize,
+}
+
+/// Moves the accept loop to a data thread (the listeners take turns, so several proxies spread
+/// over the threads) and waits for it: returns once the socket is closed.
+async fn serve_on_threads(
+    listener: TcpListener,
+    link: Arc<Link>,
+    accept_stop: CancellationToken,
+    epoch: Arc<std::sync::Mutex<CancellationToken>>,
+    tracker: TaskTracker,
+    plane: Arc<DataPlane>,
+) {
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(err) => {
+            warn!(proxy = %link.name(), %err, "cannot hand the listener to a data thread; it is closed");
+            return;
+        }
+    };
+    let home = plane.next();
+    let thread = plane.runtimes()[home].clone();
+    let accepting = thread.spawn(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => {
+                let placement = Placement { plane, home };
+                accept_loop(listener, link, accept_stop, epoch, tracker, Some(placement)).await;
+            }
+            Err(err) => {
+                warn!(proxy = %link.name(), %err, "a data thread cannot take the listener; it is closed");
+            }
+        }
+    });
+    // An error is a data thread that stopped, which closed the listener with it.
+    let _ = accepting.await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    link: Arc<Link>,
+    accept_stop: CancellationToken,
+    epoch: Arc<std::sync::Mutex<CancellationToken>>,
+    tracker: TaskTracker,
+    placement: Option<Placement>,
 ) {
     let mut backoff = MIN_BACKOFF;
     // HTTP proxies share one pooled upstream client per listening spell.
@@ -61,17 +119,47 @@ pub async fn serve(
                             client,
                             peer,
                             link.clone(),
-                            conn_stop.clone(),
+                            conn_stop,
                             id,
                             upstream.clone(),
                             slot,
                         )
                         .instrument(span),
                     ),
-                    None => tracker.spawn(
-                        conn::handle(client, peer, link.clone(), conn_stop.clone(), id, slot)
-                            .instrument(span),
-                    ),
+                    None => {
+                        // Connections take turns over the threads, so each serves an equal
+                        // share; one whose turn is this thread's stays here.
+                        let away = placement
+                            .as_ref()
+                            .map(|p| (p.plane.next(), p))
+                            .filter(|(to, p)| *to != p.home);
+                        match away {
+                            Some((to, p)) => {
+                                // Leave this thread's epoll now; join the other's on arrival.
+                                let client = match client.into_std() {
+                                    Ok(client) => client,
+                                    Err(err) => {
+                                        warn!(proxy = %link.name(), %err, "cannot hand a connection to another data thread; closing it");
+                                        continue;
+                                    }
+                                };
+                                let task = conn_on_arrival(
+                                    client,
+                                    peer,
+                                    link.clone(),
+                                    conn_stop,
+                                    id,
+                                    slot,
+                                );
+                                p.plane.runtimes()[to]
+                                    .spawn(tracker.track_future(task.instrument(span)))
+                            }
+                            None => tracker.spawn(
+                                conn::handle(client, peer, link.clone(), conn_stop, id, slot)
+                                    .instrument(span),
+                            ),
+                        }
+                    }
                 };
             }
             // A connection that died between SYN and accept: nothing to do.
@@ -87,4 +175,22 @@ pub async fn serve(
         }
     }
     debug!(proxy = %link.name(), "listener closed");
+}
+
+/// A connection handed over from another data thread: registered with this thread's runtime,
+/// then served.
+async fn conn_on_arrival(
+    client: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    link: Arc<Link>,
+    stop: CancellationToken,
+    id: u64,
+    slot: crate::limits::Slot,
+) {
+    match tokio::net::TcpStream::from_std(client) {
+        Ok(client) => conn::handle(client, peer, link, stop, id, slot).await,
+        Err(err) => {
+            warn!(proxy = %link.name(), %err, "a data thread cannot take a connection; closing it");
+        }
+    }
 }

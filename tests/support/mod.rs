@@ -271,6 +271,21 @@ pub async fn assert_reset(s: &mut TcpStream, within: Duration) {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }
 
+/// A new connection to `addr` is accepted and reset at once. The reset can beat the client's
+/// own connect to its end (the connect then fails with it), or come after it.
+pub async fn assert_refused(addr: SocketAddr, within: Duration) {
+    match tokio::time::timeout(within, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+    {
+        Ok(mut s) => {
+            let _ = s.write_all(b"x").await;
+            assert_reset(&mut s, within).await;
+        }
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
+}
+
 /// Reads exactly `n` bytes within `within`.
 pub async fn read_exact(s: &mut TcpStream, n: usize, within: Duration) -> Vec<u8> {
     let mut buf = vec![0u8; n];
