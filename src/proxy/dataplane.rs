@@ -5,12 +5,12 @@
 //! worker polls only when its run queue is empty, and the other worker is woken to steal half
 //! of what it found. A connection's bytes then wait behind other connections' work on a queue,
 //! and that wait is the tail. With a runtime per thread, a connection lives on one thread from
-//! accept to close, as in haproxy: measured with wrk at 64 connections on 2 cores, p99 fell by
-//! about a quarter and req/s rose 5-10 % (docs/performance.md, "A runtime per thread").
+//! accept to close, as in haproxy: measured with wrk at 64 connections on 2 cores, p99 went
+//! from 1.1-1.6x haproxy's to 1.0x (docs/performance.md, "A runtime per thread").
 //!
-//! The accept loops stay on the main runtime and hand each accepted socket to the next thread
-//! in turn; the socket moves between the two epolls (one `epoll_ctl` each way), which costs
-//! far less than the connection's first byte.
+//! A proxy's accept loop runs on one data thread and deals connections to the threads in turn
+//! (see `listener`); one dealt elsewhere moves between the two epolls (one `epoll_ctl` each
+//! way).
 
 use std::io;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The accept loop. Deliberately trivial: accept, spawn, repeat. The upstream dial happens in
 //! the connection task, so a slow or dead upstream never stalls accepting (Toxiproxy dials
-//! inside its accept loop).
+//! inside its accept loop). With a data plane, a TCP proxy's loop runs on a data thread and
+//! deals connections to the threads in turn, so each thread serves an equal share.
 
 use std::sync::Arc;
 use std::time::Duration;
