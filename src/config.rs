@@ -342,6 +342,26 @@ impl RawToxic {
 }
 
 /// Collects diagnostics against one source text.
+/// A server setting that is an integer in `range` or "auto" (`None`); anything else is an
+/// error saying it is not `what`.
+fn int_or_auto(
+    c: &mut Collector<'_>,
+    raw: Option<Spanned<toml::Value>>,
+    field: &str,
+    range: std::ops::RangeInclusive<i64>,
+    what: &str,
+) -> Option<i64> {
+    let raw = raw?;
+    match raw.get_ref() {
+        toml::Value::Integer(n) if range.contains(n) => Some(*n),
+        toml::Value::String(s) if s == "auto" => None,
+        other => {
+            c.at(raw.span().start, field, format!("{other} is not {what}"));
+            None
+        }
+    }
+}
+
 struct Collector<'a> {
     text: &'a str,
     diagnostics: Vec<Diagnostic>,
@@ -426,38 +446,24 @@ fn parse_toml(text: &str) -> Result<Config, Vec<Diagnostic>> {
         );
         let idle = duration(server.idle_timeout, "server.idle_timeout", Duration::ZERO);
         config.idle_timeout = (!idle.is_zero()).then_some(idle);
-        if let Some(raw) = server.max_connections {
-            match raw.get_ref() {
-                toml::Value::Integer(n) if (0..=crate::measure::MAX_CONNECTIONS_LIMIT as i64).contains(n) => {
-                    config.max_connections = Some(*n as u64);
-                }
-                toml::Value::String(s) if s == "auto" => {}
-                other => c.at(
-                    raw.span().start,
-                    "server.max_connections",
-                    format!(
-                        "{other} is not a connection limit: an integer from 0 (no limit) to {}, or \"auto\" (from the open-file limit)",
-                        crate::measure::MAX_CONNECTIONS_LIMIT
-                    ),
-                ),
-            }
-        }
-        if let Some(raw) = server.threads {
-            let max = crate::proxy::dataplane::MAX_THREADS;
-            match raw.get_ref() {
-                toml::Value::Integer(n) if (1..=max as i64).contains(n) => {
-                    config.threads = Some(*n as usize);
-                }
-                toml::Value::String(s) if s == "auto" => {}
-                other => c.at(
-                    raw.span().start,
-                    "server.threads",
-                    format!(
-                        "{other} is not a thread count: an integer from 1 to {max}, or \"auto\" (one per CPU)"
-                    ),
-                ),
-            }
-        }
+        let limit = crate::measure::MAX_CONNECTIONS_LIMIT;
+        config.max_connections = int_or_auto(
+            &mut c,
+            server.max_connections,
+            "server.max_connections",
+            0..=limit as i64,
+            &format!("a connection limit: an integer from 0 (no limit) to {limit}, or \"auto\" (from the open-file limit)"),
+        )
+        .map(|n| n as u64);
+        let max = crate::proxy::dataplane::MAX_THREADS;
+        config.threads = int_or_auto(
+            &mut c,
+            server.threads,
+            "server.threads",
+            1..=max as i64,
+            &format!("a thread count: an integer from 1 to {max}, or \"auto\" (one per CPU)"),
+        )
+        .map(|n| n as usize);
     }
     for (i, raw_proxy) in raw.proxy.into_iter().enumerate() {
         let proxy_at = raw_proxy.span().start;
