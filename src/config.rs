@@ -341,7 +341,6 @@ impl RawToxic {
     }
 }
 
-/// Collects diagnostics against one source text.
 /// A server setting that is an integer in `range` or "auto" (`None`); anything else is an
 /// error saying it is not `what`.
 fn int_or_auto(
@@ -362,6 +361,7 @@ fn int_or_auto(
     }
 }
 
+/// Collects diagnostics against one source text.
 struct Collector<'a> {
     text: &'a str,
     diagnostics: Vec<Diagnostic>,

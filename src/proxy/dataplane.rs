@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The most data-plane threads `--threads` and `[server] threads` accept.
 pub const MAX_THREADS: usize = 256;
@@ -27,7 +27,8 @@ pub const MAX_THREADS: usize = 256;
 pub struct DataPlane {
     handles: Vec<Handle>,
     next: AtomicUsize,
-    stop: CancellationToken,
+    /// Cancelled on drop, which ends every thread's `block_on`.
+    _stop: DropGuard,
 }
 
 impl DataPlane {
@@ -53,7 +54,7 @@ impl DataPlane {
         Ok(Arc::new(DataPlane {
             handles,
             next: AtomicUsize::new(0),
-            stop,
+            _stop: stop.drop_guard(),
         }))
     }
 
@@ -87,12 +88,6 @@ impl std::fmt::Debug for DataPlane {
         f.debug_struct("DataPlane")
             .field("threads", &self.threads())
             .finish()
-    }
-}
-
-impl Drop for DataPlane {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 

@@ -45,6 +45,15 @@ struct Placement {
     home: usize,
 }
 
+impl Placement {
+    /// The thread whose turn the next connection is, unless it is this one: connections take
+    /// turns over the threads, so each serves an equal share.
+    fn away(&self) -> Option<&tokio::runtime::Handle> {
+        let to = self.plane.next();
+        (to != self.home).then(|| &self.plane.runtimes()[to])
+    }
+}
+
 /// Moves the accept loop to a data thread (the listeners take turns, so several proxies spread
 /// over the threads) and waits for it: returns once the socket is closed.
 async fn serve_on_threads(
@@ -127,40 +136,19 @@ async fn accept_loop(
                         )
                         .instrument(span),
                     ),
-                    None => {
-                        // Connections take turns over the threads, so each serves an equal
-                        // share; one whose turn is this thread's stays here.
-                        let away = placement
-                            .as_ref()
-                            .map(|p| (p.plane.next(), p))
-                            .filter(|(to, p)| *to != p.home);
-                        match away {
-                            Some((to, p)) => {
-                                // Leave this thread's epoll now; join the other's on arrival.
-                                let client = match client.into_std() {
-                                    Ok(client) => client,
-                                    Err(err) => {
-                                        warn!(proxy = %link.name(), %err, "cannot hand a connection to another data thread; closing it");
-                                        continue;
-                                    }
-                                };
-                                let task = conn_on_arrival(
-                                    client,
-                                    peer,
-                                    link.clone(),
-                                    conn_stop,
-                                    id,
-                                    slot,
-                                );
-                                p.plane.runtimes()[to]
-                                    .spawn(tracker.track_future(task.instrument(span)))
-                            }
-                            None => tracker.spawn(
-                                conn::handle(client, peer, link.clone(), conn_stop, id, slot)
-                                    .instrument(span),
-                            ),
+                    None => match placement.as_ref().and_then(Placement::away) {
+                        Some(thread) => {
+                            // Leave this thread's epoll now; join the other's on arrival.
+                            let client = client.into_std();
+                            let task =
+                                conn_on_arrival(client, peer, link.clone(), conn_stop, id, slot);
+                            thread.spawn(tracker.track_future(task.instrument(span)))
                         }
-                    }
+                        None => tracker.spawn(
+                            conn::handle(client, peer, link.clone(), conn_stop, id, slot)
+                                .instrument(span),
+                        ),
+                    },
                 };
             }
             // A connection that died between SYN and accept: nothing to do.
@@ -178,20 +166,20 @@ async fn accept_loop(
     debug!(proxy = %link.name(), "listener closed");
 }
 
-/// A connection handed over from another data thread: registered with this thread's runtime,
-/// then served.
+/// A connection handed over from another data thread (`client` is what leaving that thread's
+/// epoll gave): registered with this thread's runtime, then served.
 async fn conn_on_arrival(
-    client: std::net::TcpStream,
+    client: std::io::Result<std::net::TcpStream>,
     peer: std::net::SocketAddr,
     link: Arc<Link>,
     stop: CancellationToken,
     id: u64,
     slot: crate::limits::Slot,
 ) {
-    match tokio::net::TcpStream::from_std(client) {
+    match client.and_then(tokio::net::TcpStream::from_std) {
         Ok(client) => conn::handle(client, peer, link, stop, id, slot).await,
         Err(err) => {
-            warn!(proxy = %link.name(), %err, "a data thread cannot take a connection; closing it");
+            warn!(proxy = %link.name(), %peer, %err, "cannot move a connection to another data thread; closing it");
         }
     }
 }
