@@ -47,6 +47,28 @@ async fn in_flight_data_is_delivered_after_shutdown_starts() {
 }
 
 #[tokio::test]
+async fn connections_whose_connect_returned_are_served_after_shutdown_starts() {
+    // A client's connect() returns once the kernel has completed the handshake, before fallacy
+    // accepts. Those waiting in the listener's backlog when the drain starts are served too, not
+    // reset by closing the listener.
+    let (f, _echo, addr) = setup(Duration::from_secs(5), 50).await;
+    let mut clients = Vec::new();
+    for i in 0..40u8 {
+        let mut s = connect(addr).await;
+        s.write_all(&[i; 4]).await.unwrap();
+        clients.push(s);
+    }
+    f.server.shutdown.cancel();
+    for (i, mut s) in clients.into_iter().enumerate() {
+        assert_eq!(
+            read_exact(&mut s, 4, Duration::from_secs(3)).await,
+            [i as u8; 4],
+            "connection {i}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn new_connections_are_refused_once_shutdown_starts() {
     let (f, _echo, addr) = setup(Duration::from_secs(5), 0).await;
     f.server.shutdown.cancel();

@@ -100,11 +100,30 @@ async fn accept_loop(
     // HTTP proxies share one pooled upstream client per listening spell.
     let http_client =
         (link.protocol() == Protocol::Http).then(|| crate::http::client(link.settings()));
+    let mut draining = false;
     loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = accept_stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
+        let accepted = if draining {
+            match accept_now(&listener) {
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                accepted => accepted,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = accept_stop.cancelled() => {
+                    // A client's connect() returns once the kernel completes the handshake,
+                    // before this loop accepts; closing the listener would reset those still
+                    // in its backlog. In a graceful drain (connections go on) they are served
+                    // like the open ones; a stopped proxy (connections stopped too) takes none.
+                    let conns = epoch.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if conns.is_cancelled() {
+                        break;
+                    }
+                    draining = true;
+                    continue;
+                }
+                accepted = listener.accept() => accepted,
+            }
         };
         match accepted {
             Ok((client, peer)) => {
@@ -153,6 +172,7 @@ async fn accept_loop(
             }
             // A connection that died between SYN and accept: nothing to do.
             Err(err) if super::is_routine(&err) => debug!(%err, "accept"),
+            Err(_) if draining => break,
             Err(err) => {
                 warn!(proxy = %link.name(), %err, ?backoff, "accept failed; backing off");
                 tokio::select! {
@@ -164,6 +184,20 @@ async fn accept_loop(
         }
     }
     debug!(proxy = %link.name(), "listener closed");
+}
+
+/// Accepts what the backlog holds now, without waiting: accept(2) itself, since tokio's
+/// `accept` answers "pending" until the runtime has seen the listener's readiness event, which
+/// it may not have yet.
+fn accept_now(
+    listener: &TcpListener,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    let (socket, peer) = socket2::SockRef::from(listener).accept()?;
+    let peer = peer
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("accepted a connection that is not IP"))?;
+    socket.set_nonblocking(true)?;
+    Ok((tokio::net::TcpStream::from_std(socket.into())?, peer))
 }
 
 /// A connection handed over from another data thread (`client` is what leaving that thread's
